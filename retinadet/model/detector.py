@@ -1,0 +1,152 @@
+"""The RetinaNet module: backbone -> FPN -> shared heads, with loss and batched inference."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+from torchvision.ops import batched_nms
+
+from retinadet.model.anchors import AnchorGenerator
+from retinadet.model.backbones import build_backbone
+from retinadet.model.box_coder import BoxCoder
+from retinadet.model.config import ModelConfig
+from retinadet.model.fpn import FPN
+from retinadet.model.heads import RetinaNetHead
+from retinadet.model.losses import detection_losses
+from retinadet.model.matching import match_anchors
+
+
+class RetinaNet(nn.Module):
+    """Takes normalised, padded images [B, 3, H, W].
+
+    ``forward(images, targets)`` returns losses; ``forward(images)`` returns detections.
+    Targets are padded tensors: ``boxes`` [B, M, 4] (xyxy, input pixels), ``labels`` [B, M]
+    with -1 for padding, and optionally ``crowd`` [B, M] (boxes to ignore, not to learn).
+    ``image_sizes`` [B, 2] (h, w before padding) bounds the boxes at inference.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg.validate()
+        self.backbone = build_backbone(cfg.backbone)
+        self.fpn = FPN(self.backbone.out_channels, cfg.fpn)
+        self.head = RetinaNetHead(cfg.fpn.channels, cfg.anchors.num_anchors, cfg.num_classes, cfg.head)
+        self.anchor_generator = AnchorGenerator(cfg.anchors)
+        self.box_coder = BoxCoder(cfg.box_coder.weights, cfg.box_coder.clamp)
+        pre = cfg.preprocess
+        self.register_buffer("pixel_mean", torch.tensor(pre.mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(pre.std).view(1, -1, 1, 1), persistent=False)
+
+    @property
+    def num_classes(self) -> int:
+        return self.cfg.num_classes
+
+    def normalize(self, images: Tensor, image_sizes: Optional[Tensor] = None) -> Tensor:
+        """uint8 [0, 255] or float [0, 1] padded images -> normalised, padding kept at zero."""
+        x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+        x = (x - self.pixel_mean) / self.pixel_std
+        if image_sizes is not None:
+            h, w = x.shape[-2:]
+            rows = torch.arange(h, device=x.device)[None, :, None] < image_sizes[:, 0, None, None]
+            cols = torch.arange(w, device=x.device)[None, None, :] < image_sizes[:, 1, None, None]
+            x = x * (rows & cols).unsqueeze(1).to(x.dtype)
+        return x
+
+    def forward_raw(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, list[int]]:
+        """Class logits [B, N, K], box deltas [B, N, 4], anchors [N, 4], anchors per level."""
+        feats = self.fpn(self.backbone(images))
+        cls_logits, box_deltas = self.head(feats)
+        anchors, per_level = self.anchor_generator(
+            images.shape[-2:], [f.shape[-2:] for f in feats], images.device, torch.float32
+        )
+        return cls_logits, box_deltas, anchors, per_level
+
+    def forward(self, images: Tensor, targets: Optional[dict[str, Tensor]] = None, image_sizes: Optional[Tensor] = None):
+        cls_logits, box_deltas, anchors, per_level = self.forward_raw(images)
+        if targets is not None:
+            return self.compute_loss(cls_logits, box_deltas, anchors, targets)
+        if image_sizes is None:
+            image_sizes = torch.tensor([images.shape[-2:]], device=images.device).expand(images.shape[0], 2)
+        return self.postprocess(cls_logits, box_deltas, anchors, per_level, image_sizes, images.shape[-2:])
+
+    def compute_loss(self, cls_logits: Tensor, box_deltas: Tensor, anchors: Tensor, targets: dict[str, Tensor]) -> dict[str, Tensor]:
+        boxes = targets["boxes"].to(anchors.dtype)
+        labels = targets["labels"]
+        valid = labels >= 0
+        crowd = targets.get("crowd")
+        crowd = torch.zeros_like(valid) if crowd is None else crowd.bool() & valid
+        matched = match_anchors(anchors, boxes, valid, crowd, self.cfg.matcher)
+        losses = detection_losses(
+            cls_logits.float(), box_deltas.float(), anchors, matched, boxes, labels, self.box_coder, self.cfg.loss
+        )
+        losses["total"] = losses["cls"] + losses["box"]
+        return losses
+
+    @torch.no_grad()
+    def postprocess(
+        self,
+        cls_logits: Tensor,
+        box_deltas: Tensor,
+        anchors: Tensor,
+        per_level: list[int],
+        image_sizes: Tensor,
+        padded_size,
+        score_thresh: Optional[float] = None,
+        nms_iou: Optional[float] = None,
+        max_det: Optional[int] = -1,
+    ) -> list[dict[str, Tensor]]:
+        """Detections per image: ``boxes`` [D, 4], ``scores`` [D], ``labels`` [D], best first.
+
+        Per level: top-k candidates above the score threshold; then class-aware NMS over the
+        whole batch at once (image and class form the NMS group), and ``max_det`` per image.
+        """
+        inf = self.cfg.inference
+        score_thresh = inf.score_thresh if score_thresh is None else score_thresh
+        nms_iou = inf.nms_iou if nms_iou is None else nms_iou
+        max_det = inf.max_det if max_det == -1 else max_det
+        b, _, k = cls_logits.shape
+        all_scores, all_labels, all_boxes = [], [], []
+        for logits, deltas, level_anchors in zip(
+            cls_logits.split(per_level, dim=1), box_deltas.split(per_level, dim=1), anchors.split(per_level)
+        ):
+            scores = torch.sigmoid(logits.float()).flatten(1)
+            if inf.topk_per_level is not None and inf.topk_per_level < scores.shape[1]:
+                scores, idx = scores.topk(inf.topk_per_level, dim=1)
+            else:
+                idx = torch.arange(scores.shape[1], device=scores.device).expand(b, -1)
+            anchor_idx = idx // k
+            picked = torch.gather(deltas.float(), 1, anchor_idx.unsqueeze(-1).expand(-1, -1, 4))
+            all_boxes.append(self.box_coder.decode(picked, level_anchors[anchor_idx]))
+            all_scores.append(scores)
+            all_labels.append(idx % k)
+        scores = torch.cat(all_scores, dim=1)
+        labels = torch.cat(all_labels, dim=1)
+        boxes = self._clip(torch.cat(all_boxes, dim=1), image_sizes, padded_size)
+
+        img_idx, cand_idx = (scores > score_thresh).nonzero(as_tuple=True)
+        boxes, scores, labels = boxes[img_idx, cand_idx], scores[img_idx, cand_idx], labels[img_idx, cand_idx]
+        keep = batched_nms(boxes, scores, img_idx * k + labels, nms_iou)
+        keep = keep[torch.sort(img_idx[keep], stable=True).indices]
+        counts = torch.bincount(img_idx[keep], minlength=b)
+        if max_det is not None:
+            starts = torch.cumsum(counts, 0) - counts
+            rank = torch.arange(keep.numel(), device=keep.device) - starts[img_idx[keep]]
+            keep = keep[rank < max_det]
+            counts = counts.clamp(max=max_det)
+        splits = counts.tolist()
+        return [
+            {"boxes": bx, "scores": sc, "labels": lb}
+            for bx, sc, lb in zip(boxes[keep].split(splits), scores[keep].split(splits), labels[keep].split(splits))
+        ]
+
+    def _clip(self, boxes: Tensor, image_sizes: Tensor, padded_size) -> Tensor:
+        if self.cfg.inference.clip_to == "padded":
+            h, w = float(padded_size[0]), float(padded_size[1])
+            return torch.stack(
+                [boxes[..., 0].clamp(0, w), boxes[..., 1].clamp(0, h), boxes[..., 2].clamp(0, w), boxes[..., 3].clamp(0, h)], dim=-1
+            )
+        hw = image_sizes.to(boxes.dtype)
+        upper = torch.stack([hw[:, 1], hw[:, 0], hw[:, 1], hw[:, 0]], dim=-1)[:, None, :]
+        return torch.minimum(boxes.clamp(min=0), upper)

@@ -1,0 +1,1 @@
+"""Weights: our checkpoints, torchvision's RetinaNet, ImageNet backbones and seed imports."""
