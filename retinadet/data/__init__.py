@@ -1,0 +1,1 @@
+"""Data layer: everything between a folder on disk and a padded batch with targets."""
