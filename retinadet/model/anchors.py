@@ -18,12 +18,15 @@ LEVELS = (3, 4, 5, 6, 7)
 
 
 def base_anchors(cfg: AnchorConfig, size: float) -> Tensor:
-    """Anchors centred on (0, 0) for one level, shape [A, 4], float32."""
+    """Anchors centred on (0, 0) for one level, shape [A, 4], float64.
+
+    Built in float64 and cast once at the end, so unrounded anchors carry no float32
+    rounding of intermediate products (as the numpy-based seed pipeline computes them)."""
     sizes = [size * s for s in cfg.scales]
     if cfg.truncate_sizes:
         sizes = [float(int(s)) for s in sizes]
-    scales = torch.as_tensor(sizes, dtype=torch.float32)
-    ratios = torch.as_tensor(cfg.ratios, dtype=torch.float32)
+    scales = torch.as_tensor(sizes, dtype=torch.float64)
+    ratios = torch.as_tensor(cfg.ratios, dtype=torch.float64)
     h_ratios = torch.sqrt(ratios)
     w_ratios = 1.0 / h_ratios
     ws = (w_ratios[:, None] * scales[None, :]).reshape(-1)
@@ -43,11 +46,11 @@ def grid_anchors(cfg: AnchorConfig, image_size: Sequence[int], grid_sizes: Seque
     out = []
     for size, (gh, gw), (sh, sw) in zip(cfg.sizes, grid_sizes, level_strides(cfg, image_size, grid_sizes)):
         base = base_anchors(cfg, size)
-        shift_x = (torch.arange(gw, dtype=torch.float32) + cfg.center_offset) * sw
-        shift_y = (torch.arange(gh, dtype=torch.float32) + cfg.center_offset) * sh
+        shift_x = (torch.arange(gw, dtype=torch.float64) + cfg.center_offset) * sw
+        shift_y = (torch.arange(gh, dtype=torch.float64) + cfg.center_offset) * sh
         yy, xx = torch.meshgrid(shift_y, shift_x, indexing="ij")
         shifts = torch.stack([xx, yy, xx, yy], dim=-1).reshape(-1, 1, 4)
-        out.append((shifts + base.view(1, -1, 4)).reshape(-1, 4))
+        out.append((shifts + base.view(1, -1, 4)).reshape(-1, 4).float())
     return out
 
 

@@ -12,9 +12,12 @@ from torch import Tensor
 
 
 class BoxCoder:
-    def __init__(self, weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0), clamp: Optional[float] = None):
+    def __init__(self, weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0), clamp: Optional[float] = None, scale_mode: str = "divide"):
+        if scale_mode not in ("divide", "multiply_std"):
+            raise ValueError(f"box coder scale_mode must be 'divide' or 'multiply_std', got '{scale_mode}'")
         self.weights = tuple(float(w) for w in weights)
         self.clamp = clamp
+        self.scale_mode = scale_mode
 
     def encode(self, boxes: Tensor, anchors: Tensor) -> Tensor:
         wx, wy, ww, wh = self.weights
@@ -32,15 +35,15 @@ class BoxCoder:
 
     def decode(self, deltas: Tensor, anchors: Tensor) -> Tensor:
         deltas = deltas.to(anchors.dtype) if deltas.dtype != anchors.dtype else deltas
-        wx, wy, ww, wh = self.weights
         aw = anchors[..., 2] - anchors[..., 0]
         ah = anchors[..., 3] - anchors[..., 1]
         acx = anchors[..., 0] + 0.5 * aw
         acy = anchors[..., 1] + 0.5 * ah
-        dx = deltas[..., 0] / wx
-        dy = deltas[..., 1] / wy
-        dw = deltas[..., 2] / ww
-        dh = deltas[..., 3] / wh
+        if self.scale_mode == "divide":
+            scaled = deltas / deltas.new_tensor(self.weights)
+        else:
+            scaled = deltas * deltas.new_tensor([1.0 / w for w in self.weights])
+        dx, dy, dw, dh = scaled.unbind(-1)
         if self.clamp is not None:
             dw = dw.clamp(max=self.clamp)
             dh = dh.clamp(max=self.clamp)

@@ -71,6 +71,9 @@ class BoxCoderConfig:
     weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0, 1.0])
     # Upper clamp on dw/dh before exp; None disables it (the seed). Default is log(1000/16).
     clamp: Optional[float] = 4.135166556742356
+    # Decoding divides deltas by the weights (torchvision) or multiplies them by float32
+    # 1/weights, the "std" of the seed pipeline; the two round differently in float32.
+    scale_mode: str = "divide"
 
 
 @dataclass

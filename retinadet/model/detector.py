@@ -34,7 +34,7 @@ class RetinaNet(nn.Module):
         self.fpn = FPN(self.backbone.out_channels, cfg.fpn)
         self.head = RetinaNetHead(cfg.fpn.channels, cfg.anchors.num_anchors, cfg.num_classes, cfg.head)
         self.anchor_generator = AnchorGenerator(cfg.anchors)
-        self.box_coder = BoxCoder(cfg.box_coder.weights, cfg.box_coder.clamp)
+        self.box_coder = BoxCoder(cfg.box_coder.weights, cfg.box_coder.clamp, cfg.box_coder.scale_mode)
         pre = cfg.preprocess
         self.register_buffer("pixel_mean", torch.tensor(pre.mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(pre.std).view(1, -1, 1, 1), persistent=False)

@@ -57,7 +57,7 @@ def _seed(backbone: str) -> Callable[[], ModelConfig]:
             backbone=BackboneConfig(name=backbone, norm="frozen_bn", trainable_layers=5),
             fpn=FPNConfig(p6_input="c5"),
             anchors=AnchorConfig(center_offset=0.5, round_base=False, truncate_sizes=False, stride_mode="nominal"),
-            box_coder=BoxCoderConfig(weights=[10.0, 10.0, 5.0, 5.0], clamp=None),
+            box_coder=BoxCoderConfig(weights=[10.0, 10.0, 5.0, 5.0], clamp=None, scale_mode="multiply_std"),
             loss=LossConfig(box_loss="smooth_l1", normalize="batch"),
             inference=InferenceConfig(topk_per_level=None, max_det=None, clip_to="padded"),
             preprocess=PreprocessConfig(min_size=608, max_size=1024),
