@@ -1,0 +1,12 @@
+"""retinadet: RetinaNet object detection toolkit."""
+
+__all__ = ["load"]
+
+
+def __getattr__(name):
+    # Lazy, so that `import retinadet` stays light; `retinadet.load(path)` -> Detector.
+    if name == "load":
+        from retinadet.weights.resolve import load
+
+        return load
+    raise AttributeError(f"module 'retinadet' has no attribute '{name}'")
