@@ -1,0 +1,183 @@
+"""The high-level detector: a model plus everything needed to run it on raw images."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from retinadet.errors import ConfigError, DataError
+from retinadet.model import ModelConfig, RetinaNet, resolve_model_config
+from retinadet.model.preprocess import boxes_to_original, preprocess_batch
+
+ImageSource = Union[str, os.PathLike, "np.ndarray", Tensor, Any]
+
+
+@dataclass
+class Detections:
+    """Detections for one image, in that image's original pixel coordinates."""
+
+    boxes: Tensor  # [D, 4] xyxy
+    scores: Tensor  # [D]
+    labels: Tensor  # [D], contiguous 0..K-1
+    class_names: list[str]
+    image_size: tuple[int, int]  # (h, w) of the original image
+    source: Optional[str] = None
+    extra: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.scores.numel())
+
+    @property
+    def names(self) -> list[str]:
+        return [self.class_names[i] for i in self.labels.tolist()]
+
+    def to_records(self) -> list[dict]:
+        """One dict per detection: box as COCO [x, y, w, h], score, label and class name."""
+        out = []
+        for (x1, y1, x2, y2), s, lb in zip(self.boxes.tolist(), self.scores.tolist(), self.labels.tolist()):
+            out.append({"bbox": [x1, y1, x2 - x1, y2 - y1], "score": s, "label": lb, "class_name": self.class_names[lb]})
+        return out
+
+
+def resolve_device(device: Union[str, torch.device, None]) -> torch.device:
+    if device is None or str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device '{device}' requested but CUDA is not available; use --device cpu")
+    if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ConfigError(f"device '{device}' requested but MPS is not available; use --device cpu")
+    return dev
+
+
+def autocast_context(device: torch.device, amp: Union[bool, str]):
+    """bf16 autocast on CPU (fast on AVX512-BF16/AMX), fp16 or bf16 on CUDA; off when amp is falsy."""
+    if not amp:
+        return contextlib.nullcontext()
+    if device.type == "cpu":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def to_image_tensor(source: ImageSource) -> tuple[Tensor, Optional[str]]:
+    """Any supported image -> (uint8 or [0, 1] float tensor [3, H, W], source name)."""
+    if isinstance(source, (str, os.PathLike)):
+        from retinadet.data.images import read_image
+
+        return read_image(source), str(source)
+    if isinstance(source, Tensor):
+        if source.dim() != 3 or source.shape[0] not in (1, 3):
+            raise DataError(f"image tensor must be [3, H, W] (or [1, H, W]), got shape {tuple(source.shape)}")
+        if source.shape[0] == 1:
+            source = source.expand(3, -1, -1)
+        if source.is_floating_point() and source.numel() and float(source.max()) > 1.0 + 1e-3:
+            raise DataError("float image tensors must be in [0, 1]; pass uint8 for 0..255 values")
+        return source, None
+    if isinstance(source, np.ndarray):
+        arr = source
+        if arr.ndim == 2:
+            arr = np.repeat(arr[..., None], 3, axis=2)
+        if arr.ndim != 3 or arr.shape[2] not in (3, 4):
+            raise DataError(f"numpy images must be HxW, HxWx3 or HxWx4, got shape {arr.shape}")
+        arr = np.ascontiguousarray(arr[..., :3])
+        tensor = torch.from_numpy(arr).permute(2, 0, 1)
+        if tensor.dtype != torch.uint8:
+            tensor = tensor.float()
+            if tensor.numel() and float(tensor.max()) > 1.0 + 1e-3:
+                raise DataError("float numpy images must be in [0, 1]; pass uint8 for 0..255 values")
+        return tensor, None
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - pillow is a dependency
+        Image = None
+    if Image is not None and isinstance(source, Image.Image):
+        return to_image_tensor(np.array(source.convert("RGB")))
+    raise DataError(f"unsupported image type {type(source).__name__}: pass a path, PIL image, numpy array or tensor")
+
+
+def _as_list(sources) -> tuple[list, bool]:
+    if isinstance(sources, Tensor) and sources.dim() == 4:
+        return list(sources.unbind(0)), True
+    if isinstance(sources, (list, tuple)):
+        return list(sources), True
+    return [sources], False
+
+
+class Detector:
+    """A RetinaNet with its class names and preprocessing.
+
+    ``predict`` takes paths, PIL images, numpy arrays or tensors, singly or in lists, and
+    returns boxes in each original image's coordinates.
+    """
+
+    def __init__(self, model: RetinaNet, class_names: Optional[Sequence[str]] = None, device=None,
+                 category_ids: Optional[Sequence[int]] = None, checkpoint: Optional[dict] = None):
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        k = model.cfg.num_classes
+        self.class_names = list(class_names) if class_names is not None else [f"class{i}" for i in range(k)]
+        if len(self.class_names) != k:
+            raise ConfigError(f"{len(self.class_names)} class names given for a model with {k} classes")
+        self.category_ids = list(category_ids) if category_ids is not None else None
+        self.checkpoint = checkpoint or {}
+
+    @classmethod
+    def from_config(cls, spec: Union[str, ModelConfig], class_names: Sequence[str], device=None, overrides=None) -> "Detector":
+        cfg = spec if isinstance(spec, ModelConfig) else resolve_model_config(spec, overrides)
+        cfg = cfg.replace({"num_classes": len(class_names)})
+        return cls(RetinaNet(cfg), class_names, device)
+
+    @property
+    def cfg(self) -> ModelConfig:
+        return self.model.cfg
+
+    def predict(
+        self,
+        sources,
+        conf: Optional[float] = None,
+        iou: Optional[float] = None,
+        max_det: Optional[int] = -1,
+        batch_size: int = 4,
+        amp: Union[bool, str] = False,
+        channels_last: bool = False,
+    ) -> Union[Detections, list[Detections]]:
+        """Detections per image; a single input gives a single ``Detections``."""
+        items, many = _as_list(sources)
+        if not items:
+            raise DataError("no images to predict on")
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        results: list[Detections] = []
+        for start in range(0, len(items), max(1, batch_size)):
+            results.extend(self._predict_batch(items[start:start + batch_size], conf, iou, max_det, amp, channels_last))
+        return results if many else results[0]
+
+    @torch.no_grad()
+    def _predict_batch(self, items: Iterable, conf, iou, max_det, amp, channels_last) -> list[Detections]:
+        tensors, names = zip(*(to_image_tensor(s) for s in items))
+        batch, sizes = preprocess_batch(tensors, self.cfg.preprocess, self.device)
+        if channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        with autocast_context(self.device, amp):
+            cls_logits, box_deltas, anchors, per_level = self.model.forward_raw(batch)
+        dets = self.model.postprocess(cls_logits.float(), box_deltas.float(), anchors, per_level, sizes, batch.shape[-2:],
+                                      score_thresh=conf, nms_iou=iou, max_det=max_det)
+        out = []
+        for det, tensor, name, size in zip(dets, tensors, names, sizes.tolist()):
+            orig = tuple(tensor.shape[-2:])
+            boxes = boxes_to_original(det["boxes"], size, orig)
+            out.append(Detections(boxes.cpu(), det["scores"].cpu(), det["labels"].cpu(), self.class_names, orig, name))
+        return out
+
+    def __repr__(self) -> str:
+        return f"Detector(preset={self.cfg.preset}, classes={self.class_names}, device={self.device})"
