@@ -36,10 +36,12 @@ def _to_uint8_rgb(tensor: torch.Tensor) -> torch.Tensor:
         raise TypeError(f"unexpected decoded dtype {tensor.dtype}")
     channels = tensor.shape[0]
     if channels == 1 or channels == 2:  # gray or gray+alpha
-        tensor = tensor[:1].expand(3, -1, -1)
-    elif channels == 4:  # drop alpha
+        return tensor[:1].expand(3, -1, -1).contiguous()
+    if channels == 4:  # drop alpha
         tensor = tensor[:3]
-    return tensor.contiguous()
+    # Left as the decoder's (channels-last) layout: a copy here costs more than it saves,
+    # and the collate copies into the padded batch anyway.
+    return tensor
 
 
 def _decode_with_pil(path: Path) -> torch.Tensor:
