@@ -1,0 +1,33 @@
+import yaml
+from click.testing import CliRunner
+
+from retinadet.cli import main
+from retinadet.model.presets import PRESETS
+
+
+def test_presets_lists_every_preset():
+    result = CliRunner().invoke(main, ["model", "presets"])
+    assert result.exit_code == 0, result.output
+    for name in PRESETS:
+        assert name in result.output
+
+
+def test_show_prints_a_loadable_config_with_overrides():
+    result = CliRunner().invoke(main, ["model", "show", "retinanet_resnet50_fpn_v2", "--set", "backbone.name=resnet34"])
+    assert result.exit_code == 0, result.output
+    cfg = yaml.safe_load(result.output)
+    assert cfg["head"]["norm"] == "gn" and cfg["fpn"]["p6_input"] == "c5" and cfg["backbone"]["name"] == "resnet34"
+
+
+def test_unknown_preset_is_one_clear_line():
+    result = CliRunner().invoke(main, ["model", "show", "retinanet_resnet50_fnp"])
+    assert result.exit_code == 2
+    assert "unknown preset" in result.output and "retinanet_resnet50_fpn" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_backbone_listing():
+    result = CliRunner().invoke(main, ["model", "backbones", "--filter", "convnext*"])
+    assert result.exit_code == 0 and "convnext_tiny" in result.output
+    result = CliRunner().invoke(main, ["model", "backbones", "--timm", "--filter", "resnet18*"])
+    assert "timm:resnet18" in result.output
