@@ -62,4 +62,5 @@ def load(spec: str | os.PathLike, class_names: Optional[Sequence[str] | str] = N
 
     ckpt = resolve_weights(spec, class_names)
     model, names = build_from_checkpoint(ckpt, os.fspath(spec))
-    return Detector(model, names)
+    meta = {k: v for k, v in ckpt.items() if k != "model"}
+    return Detector(model, names, category_ids=ckpt.get("category_ids"), checkpoint=meta)
