@@ -280,6 +280,8 @@ def build_loader(
     drop_last: Optional[bool] = None,
     aspect_grouping: bool = True,
     distributed: bool = False,
+    num_replicas: Optional[int] = None,
+    rank: Optional[int] = None,
     size_divisible: Optional[int] = None,
     strict: bool = False,
     seed: int = 0,
@@ -291,7 +293,9 @@ def build_loader(
     ``data``: a :class:`DatasetRecords` or anything :func:`load_dataset` accepts.
     ``model``: preset name, ``ModelConfig`` or ``PreprocessConfig`` giving the resize rule
     and ``size_divisible``. ``augment``: ``none``/``default``/``strong`` or a
-    :class:`TransformConfig` (ignored, i.e. ``none``, when ``train=False``);
+    :class:`TransformConfig` (a preset name becomes ``none`` when ``train=False``);
+    ``distributed``: shard with DistributedSampler (``num_replicas``/``rank`` default to the
+    process group; call ``loader.set_epoch(e)`` each epoch);
     ``transform_overrides`` set single parts (e.g. ``rot90=0.5``).
     """
     if not isinstance(data, DatasetRecords):
@@ -311,7 +315,8 @@ def build_loader(
     drop_last = False if drop_last is None else drop_last
     generator = torch.Generator().manual_seed(seed)
     if distributed:
-        sampler: Sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
+        sampler: Sampler = DistributedSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed,
+                                                   drop_last=drop_last)
     elif shuffle:
         sampler = RandomSampler(dataset, generator=generator)
     else:

@@ -1,0 +1,78 @@
+"""read_image: every common pixel layout becomes uint8 RGB [3, H, W]; bad files raise DataError naming them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from retinadet.data.images import image_size, read_image
+from retinadet.errors import DataError
+
+
+@pytest.fixture
+def rgb():
+    return np.random.default_rng(0).integers(0, 255, (20, 30, 3), dtype=np.uint8)
+
+
+def _hwc(t: torch.Tensor) -> np.ndarray:
+    assert t.dtype == torch.uint8 and t.ndim == 3 and t.shape[0] == 3
+    return t.permute(1, 2, 0).numpy()
+
+
+def test_png_rgb_exact(tmp_path, rgb):
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    assert np.array_equal(_hwc(read_image(tmp_path / "a.png")), rgb)
+
+
+def test_jpeg_close(tmp_path, rgb):
+    Image.fromarray(rgb).save(tmp_path / "a.jpg", quality=98)
+    out = _hwc(read_image(tmp_path / "a.jpg")).astype(int)
+    reference = np.asarray(Image.open(tmp_path / "a.jpg").convert("RGB")).astype(int)
+    assert out.shape == rgb.shape and np.abs(out - reference).mean() < 1.0
+
+
+def test_grayscale_rgba_palette_16bit(tmp_path, rgb):
+    Image.fromarray(rgb[..., 0]).save(tmp_path / "g.png")
+    g = _hwc(read_image(tmp_path / "g.png"))
+    assert all(np.array_equal(g[..., c], rgb[..., 0]) for c in range(3))
+
+    Image.fromarray(np.dstack([rgb, rgb[..., :1]])).save(tmp_path / "rgba.png")
+    assert np.array_equal(_hwc(read_image(tmp_path / "rgba.png")), rgb)
+
+    pal = Image.fromarray(rgb).convert("P")
+    pal.save(tmp_path / "p.png")
+    assert np.array_equal(_hwc(read_image(tmp_path / "p.png")), np.asarray(pal.convert("RGB")))
+
+    Image.fromarray(rgb[..., 1].astype(np.uint16) * 257).save(tmp_path / "16.png")
+    sixteen = _hwc(read_image(tmp_path / "16.png"))
+    assert np.array_equal(sixteen[..., 2], rgb[..., 1])
+
+    Image.fromarray(rgb).save(tmp_path / "t.tif")  # PIL fallback path
+    assert np.array_equal(_hwc(read_image(tmp_path / "t.tif")), rgb)
+
+
+def test_exif_orientation_applied(tmp_path, rgb):
+    img = Image.fromarray(rgb)
+    exif = img.getexif()
+    exif[0x0112] = 6  # rotate 90 CW to display
+    img.save(tmp_path / "rot.jpg", exif=exif, quality=98)
+    out = read_image(tmp_path / "rot.jpg")
+    assert tuple(out.shape[1:]) == (30, 20)
+    assert image_size(tmp_path / "rot.jpg") == (20, 30)
+
+
+@pytest.mark.parametrize("case", ["missing", "truncated", "garbage", "empty"])
+def test_bad_files_raise_data_error_naming_the_file(tmp_path, rgb, case):
+    path = tmp_path / f"{case}.jpg"
+    if case == "truncated":
+        Image.fromarray(rgb).save(tmp_path / "full.jpg")
+        data = (tmp_path / "full.jpg").read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif case == "garbage":
+        path.write_bytes(b"not an image at all")
+    elif case == "empty":
+        path.write_bytes(b"")
+    with pytest.raises(DataError, match=str(path.name)):
+        read_image(path)
