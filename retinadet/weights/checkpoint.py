@@ -31,6 +31,8 @@ from retinadet.errors import CheckpointError, ConfigError
 FORMAT = "retinadet"
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("model", "model_config", "class_names")
+# What torch.load raises on a damaged or foreign file (besides UnpicklingError).
+READ_ERRORS = (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, IndexError, KeyError, TypeError)
 IMPORT_HINT = "convert it with `retinadet weights import {path} --from auto -o OUT.pt` (see `retinadet weights info {path}`)"
 
 
@@ -123,11 +125,17 @@ def torch_load_weights(path: str, map_location="cpu") -> Any:
         raise CheckpointError(f"{path}: no such file")
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: not a file")
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if not (head.startswith(b"PK") or head[:1] == b"\x80"):
+        raise CheckpointError(
+            f"{path}: not a PyTorch weights file (its first bytes {head!r} are neither a zip archive nor a pickle)"
+        )
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(_unpickling_message(path, exc)) from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+    except READ_ERRORS as exc:
         raise CheckpointError(_unreadable_message(path, exc)) from exc
 
 

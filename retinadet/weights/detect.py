@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import zipfile
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -219,7 +218,7 @@ def read_weights(path: str | os.PathLike) -> WeightsInfo:
 
 def read_torch_object(path: str) -> Any:
     """``torch.load(weights_only=True)``; a pickled module falls back to the restricted unpickler."""
-    from retinadet.weights.checkpoint import _unreadable_message
+    from retinadet.weights.checkpoint import READ_ERRORS, _unreadable_message
     from retinadet.weights.unpickler import restricted_load
 
     try:
@@ -228,7 +227,7 @@ def read_torch_object(path: str) -> Any:
         # Not plain weights (e.g. a whole pickled module): read it without running anything;
         # a global that is neither a tensor nor a known model class is refused by name.
         return restricted_load(path)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+    except READ_ERRORS as exc:
         raise CheckpointError(_unreadable_message(path, exc)) from exc
 
 
