@@ -1,0 +1,112 @@
+"""Training options: defaults, a YAML config file, then explicit arguments (which win)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import yaml
+
+from retinadet.errors import ConfigError
+
+
+@dataclass
+class TrainConfig:
+    data: str = "shapes"
+    model: Optional[str] = None  # preset or backbone; default "fast" (or the --weights model)
+    imgsz: Optional[int] = None
+    epochs: int = 8
+    batch: int = 8
+    val_batch: Optional[int] = None
+    optimizer: str = "sgd"
+    lr: Optional[float] = None  # default: 0.01 (sgd) or 0.001 (adamw)
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"  # cosine | step | constant
+    lr_final: float = 0.05  # cosine end, as a fraction of lr
+    warmup_epochs: float = 1.0
+    clip_grad: Optional[float] = 10.0
+    amp: Any = False  # False | True | "bf16" | "fp16"
+    ema: bool = False
+    ema_decay: float = 0.9998
+    freeze: Optional[int] = None  # backbone trainable layers (0..5)
+    augment: str = "default"
+    device: str = "auto"
+    workers: int = 2
+    seed: int = 0
+    deterministic: bool = False
+    val_every: int = 1
+    val_split: Optional[str] = None
+    patience: int = 0  # epochs without val AP improvement before stopping; 0 = off
+    max_bad_steps: int = 10  # consecutive non-finite losses that stop the run
+    weights: Optional[str] = None
+    resume: Optional[str] = None
+    sync_bn: bool = False
+    project: str = "runs"
+    name: Optional[str] = None
+    exist_ok: bool = False
+    plots: bool = True
+    progress: bool = True
+    conf: float = 0.25  # confusion-matrix threshold
+    max_iters: Optional[int] = None  # stop (as if interrupted) after this many optimizer steps in this call
+    model_overrides: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown training option(s): {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+        return cls(**data).validate()
+
+    def validate(self) -> "TrainConfig":
+        if self.optimizer not in ("sgd", "adamw"):
+            raise ConfigError(f"--optimizer must be sgd or adamw, got '{self.optimizer}'")
+        if self.schedule not in ("cosine", "step", "constant"):
+            raise ConfigError(f"schedule must be cosine, step or constant, got '{self.schedule}'")
+        if self.epochs < 1:
+            raise ConfigError(f"--epochs must be >= 1, got {self.epochs}")
+        if self.batch < 1:
+            raise ConfigError(f"--batch must be >= 1, got {self.batch}")
+        if self.imgsz is not None and self.imgsz < 32:
+            raise ConfigError(f"--imgsz must be >= 32, got {self.imgsz}")
+        if self.freeze is not None and not 0 <= self.freeze <= 5:
+            raise ConfigError(f"--freeze (backbone trainable layers) must be in 0..5, got {self.freeze}")
+        if self.amp not in (False, True, "bf16", "fp16"):
+            raise ConfigError(f"--amp must be off, on, bf16 or fp16, got {self.amp!r}")
+        if self.val_every < 1:
+            raise ConfigError(f"--val-every must be >= 1, got {self.val_every}")
+        return self
+
+    @property
+    def base_lr(self) -> float:
+        if self.lr is not None:
+            return float(self.lr)
+        return 0.01 if self.optimizer == "sgd" else 0.001
+
+
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    if not os.path.isfile(path):
+        raise ConfigError(f"{path}: config file not found")
+    with open(path, encoding="utf-8") as fh:
+        try:
+            data = yaml.safe_load(fh) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: invalid YAML: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of options, got {type(data).__name__}")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def resolve_config(config: Optional[str | os.PathLike] = None, **explicit: Any) -> TrainConfig:
+    """Defaults < YAML file < explicit (non-None) arguments."""
+    merged: dict[str, Any] = {}
+    if config:
+        merged.update(read_config_file(config))
+    merged.update({k: v for k, v in explicit.items() if v is not None})
+    return TrainConfig.from_dict(merged)

@@ -1,0 +1,274 @@
+"""COCO evaluation (pycocotools): the one function used by training's validation and ``retinadet val``."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+
+from retinadet.data.records import DatasetRecords
+from retinadet.detector import autocast_context
+from retinadet.engine.distributed import DistInfo, all_gather_objects
+from retinadet.errors import ConfigError
+
+STAT_NAMES = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
+STAT_LABELS = [
+    "AP @[IoU=0.50:0.95 | area=all | maxDets=100]", "AP @[IoU=0.50 | area=all | maxDets=100]",
+    "AP @[IoU=0.75 | area=all | maxDets=100]", "AP @[IoU=0.50:0.95 | area=small | maxDets=100]",
+    "AP @[IoU=0.50:0.95 | area=medium | maxDets=100]", "AP @[IoU=0.50:0.95 | area=large | maxDets=100]",
+    "AR @[IoU=0.50:0.95 | area=all | maxDets=1]", "AR @[IoU=0.50:0.95 | area=all | maxDets=10]",
+    "AR @[IoU=0.50:0.95 | area=all | maxDets=100]", "AR @[IoU=0.50:0.95 | area=small | maxDets=100]",
+    "AR @[IoU=0.50:0.95 | area=medium | maxDets=100]", "AR @[IoU=0.50:0.95 | area=large | maxDets=100]",
+]
+
+
+@dataclass
+class EvalResult:
+    stats: dict[str, float]
+    per_class_ap: dict[str, float]
+    per_class_ap50: dict[str, float]
+    detections: np.ndarray  # [D, 7]: image_id, x, y, w, h, score, label (contiguous, original pixels)
+    precision: Optional[np.ndarray] = None  # COCOeval precision [T, R, K, A, M]
+    confusion: Optional[np.ndarray] = None
+    first_batch: Optional[dict] = None
+    extra: dict = field(default_factory=dict)
+
+    def metrics(self) -> dict[str, Any]:
+        """Plain numbers for checkpoints and metrics.json."""
+        return {**{k: float(v) for k, v in self.stats.items()}, "per_class_AP": dict(self.per_class_ap),
+                "per_class_AP50": dict(self.per_class_ap50), "num_detections": int(len(self.detections)), **self.extra}
+
+
+@torch.no_grad()
+def run_inference(model, loader, device: torch.device, amp: Any = False, conf: Optional[float] = None,
+                  iou: Optional[float] = None, max_det: Optional[int] = -1, keep_first_batch: bool = False,
+                  progress: bool = False) -> tuple[np.ndarray, Optional[dict]]:
+    """Detections for every image of ``loader`` as one [D, 7] array in original-image pixels."""
+    from tqdm import tqdm
+
+    was_training = model.training
+    model.eval()
+    parts: list[np.ndarray] = []
+    first = None
+    for batch in tqdm(loader, desc="val", leave=False, disable=not progress):
+        images = batch["images"].to(device, non_blocking=True)
+        sizes = batch["image_sizes"].to(device)
+        x = model.normalize(images, sizes)
+        with autocast_context(device, amp):
+            cls_logits, box_deltas, anchors, per_level = model.forward_raw(x)
+        dets = model.postprocess(cls_logits.float(), box_deltas.float(), anchors, per_level, sizes, x.shape[-2:],
+                                 score_thresh=conf, nms_iou=iou, max_det=max_det)
+        counts = torch.tensor([int(d["scores"].numel()) for d in dets])
+        boxes = torch.cat([d["boxes"] for d in dets]).float().cpu()
+        scores = torch.cat([d["scores"] for d in dets]).float().cpu()
+        labels = torch.cat([d["labels"] for d in dets]).cpu()
+        ratio = batch["orig_sizes"].float() / batch["image_sizes"].float()  # [B, 2] (h, w), as boxes_to_original
+        r = ratio.repeat_interleave(counts, dim=0)
+        boxes = boxes * torch.stack([r[:, 1], r[:, 0], r[:, 1], r[:, 0]], dim=1)
+        ids = batch["image_ids"].repeat_interleave(counts).double()
+        xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).double()
+        parts.append(torch.cat([ids[:, None], xywh, scores.double()[:, None], labels.double()[:, None]], dim=1).numpy())
+        if keep_first_batch and first is None:
+            first = {"images": batch["images"], "image_sizes": batch["image_sizes"], "boxes": batch["boxes"],
+                     "labels": batch["labels"], "dets": [{k: v.cpu() for k, v in d.items()} for d in dets]}
+    if was_training:
+        model.train()
+    return (np.concatenate(parts) if parts else np.zeros((0, 7))), first
+
+
+def coco_eval(data: DatasetRecords, detections: np.ndarray) -> tuple[dict[str, float], Optional[np.ndarray]]:
+    """The 12 COCO stats and COCOeval's precision array (None when there are no detections)."""
+    from pycocotools.cocoeval import COCOeval
+
+    from retinadet.data.formats.coco import coco_api
+
+    if len(detections) == 0:
+        return {k: 0.0 for k in STAT_NAMES}, None
+    gt = coco_api(data.records, data.class_names, data.category_ids)
+    cat_ids = np.asarray(data.category_ids, dtype=np.float64)
+    arr = detections[:, :6].copy()
+    arr = np.concatenate([arr, cat_ids[detections[:, 6].astype(np.int64)][:, None]], axis=1)
+    with contextlib.redirect_stdout(io.StringIO()):
+        dt = gt.loadRes(arr)
+        ev = COCOeval(gt, dt, "bbox")
+        ev.params.imgIds = sorted(int(r.image_id) for r in data.records)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return {k: float(v) for k, v in zip(STAT_NAMES, ev.stats)}, np.asarray(ev.eval["precision"])
+
+
+def per_class_ap(precision: Optional[np.ndarray], class_names: Sequence[str]) -> tuple[dict[str, float], dict[str, float]]:
+    """AP (IoU .50:.95) and AP50 per class, area all, 100 detections; -1 for a class with no GT."""
+    ap, ap50 = {}, {}
+    for k, name in enumerate(class_names):
+        if precision is None:
+            ap[name] = ap50[name] = 0.0
+            continue
+        p = precision[:, :, k, 0, -1]
+        ap[name] = float(p[p > -1].mean()) if (p > -1).any() else -1.0
+        p50 = p[0]
+        ap50[name] = float(p50[p50 > -1].mean()) if (p50 > -1).any() else -1.0
+    return ap, ap50
+
+
+def confusion_matrix(data: DatasetRecords, detections: np.ndarray, conf: float = 0.25, iou: float = 0.5) -> np.ndarray:
+    """[K+1, K+1]: rows predicted class, columns true class; index K is background."""
+    from torchvision.ops import box_iou
+
+    k = data.num_classes
+    m = np.zeros((k + 1, k + 1), dtype=np.int64)
+    dets = detections[detections[:, 5] >= conf]
+    order = np.argsort(dets[:, 0], kind="stable")
+    dets = dets[order]
+    ids = dets[:, 0].astype(np.int64)
+    for r in data.records:
+        keep = ~r.crowd
+        gt_boxes, gt_labels = torch.from_numpy(r.boxes[keep]).double(), r.labels[keep]
+        lo, hi = np.searchsorted(ids, r.image_id, "left"), np.searchsorted(ids, r.image_id, "right")
+        d = dets[lo:hi]
+        d = d[np.argsort(-d[:, 5], kind="stable")]
+        pb = torch.from_numpy(np.concatenate([d[:, 1:3], d[:, 1:3] + d[:, 3:5]], axis=1))
+        pl = d[:, 6].astype(np.int64)
+        matched_gt = np.zeros(len(gt_labels), dtype=bool)
+        if len(d) and len(gt_labels):
+            ious = box_iou(pb, gt_boxes).numpy()
+            for i in range(len(d)):
+                cand = np.where(~matched_gt & (ious[i] >= iou))[0]
+                if len(cand):
+                    j = cand[np.argmax(ious[i, cand])]
+                    matched_gt[j] = True
+                    m[pl[i], gt_labels[j]] += 1
+                else:
+                    m[pl[i], k] += 1
+        else:
+            np.add.at(m, (pl, np.full(len(pl), k)), 1)
+        np.add.at(m, (np.full(int((~matched_gt).sum()), k), gt_labels[~matched_gt]), 1)
+    return m
+
+
+def evaluate(model, data: DatasetRecords, *, batch_size: int = 8, workers: int = 0, device: torch.device | str = "cpu",
+             amp: Any = False, dist_info: Optional[DistInfo] = None, conf: float = 0.25, keep_first_batch: bool = False,
+             progress: bool = False) -> Optional[EvalResult]:
+    """Run ``model`` on ``data`` (its own preprocess), then COCO-evaluate. Under DDP every rank infers on
+    its shard; predictions are gathered and rank 0 evaluates (other ranks get None)."""
+    from retinadet.engine.loaders import eval_loader
+
+    info = dist_info or DistInfo()
+    device = torch.device(device)
+    loader = eval_loader(data, model.cfg.preprocess, batch_size, workers, info.rank, info.world_size)
+    dets, first = run_inference(model, loader, device, amp, keep_first_batch=keep_first_batch, progress=progress)
+    parts = all_gather_objects(dets, info)
+    if not info.is_main:
+        return None
+    dets = np.concatenate(parts) if len(parts) > 1 else dets
+    stats, precision = coco_eval(data, dets)
+    ap, ap50 = per_class_ap(precision, data.class_names)
+    return EvalResult(stats, ap, ap50, dets, precision, confusion_matrix(data, dets, conf), first)
+
+
+def coco_results(detections: np.ndarray, category_ids: Sequence[int], class_names: Optional[Sequence[str]] = None,
+                 file_names: Optional[dict[int, str]] = None) -> list[dict]:
+    """COCO results-format dicts, category ids mapped back to the dataset's."""
+    out = []
+    for row in detections.tolist():
+        item = {"image_id": int(row[0]), "category_id": int(category_ids[int(row[6])]),
+                "bbox": [round(v, 3) for v in row[1:5]], "score": round(row[5], 5)}
+        if class_names is not None:
+            item["class_name"] = class_names[int(row[6])]
+        if file_names is not None:
+            item["file_name"] = file_names.get(int(row[0]))
+        out.append(item)
+    return out
+
+
+def format_stats(stats: dict[str, float]) -> str:
+    width = max(len(s) for s in STAT_LABELS)
+    return "\n".join(f"  {name:<6} {label:<{width}}  {stats[name]:.4f}" for name, label in zip(STAT_NAMES, STAT_LABELS))
+
+
+def format_per_class(result: EvalResult, data: DatasetRecords) -> str:
+    counts = data.boxes_per_class()
+    w = max(8, max(len(n) for n in data.class_names))
+    lines = [f"  {'class':<{w}} {'boxes':>6} {'AP':>7} {'AP50':>7}"]
+    for name in data.class_names:
+        lines.append(f"  {name:<{w}} {counts[name]:>6} {result.per_class_ap[name]:>7.4f} {result.per_class_ap50[name]:>7.4f}")
+    return "\n".join(lines)
+
+
+def write_eval_outputs(result: EvalResult, data: DatasetRecords, out_dir: str | os.PathLike, conf: float,
+                       plots: bool = True) -> dict[str, Path]:
+    """metrics.json, predictions.json (COCO results), PR curves and confusion matrix PNGs."""
+    from retinadet.engine.plots import plot_confusion, plot_pr_curves
+    from retinadet.engine.run_dir import write_json
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"metrics": write_json(out / "metrics.json", result.metrics()),
+             "predictions": write_json(out / "predictions.json", coco_results(result.detections, data.category_ids))}
+    if plots:
+        files["pr_curves"] = plot_pr_curves(result.precision, data.class_names, out / "PR_curves.png")
+        files["confusion"] = plot_confusion(result.confusion, data.class_names, out / "confusion_matrix.png", conf)
+    return files
+
+
+def evaluate_detector(detector, data: Optional[str | os.PathLike] = None, split: Optional[str] = None, *,
+                      batch: Optional[int] = None, workers: int = 0, device: Optional[str] = None, amp: Any = False,
+                      conf: float = 0.25, save_dir: Optional[str | os.PathLike] = None, plots: bool = True,
+                      project: str = "runs", name: Optional[str] = None, exist_ok: bool = False,
+                      log=print, progress: bool = False) -> dict[str, Any]:
+    """``Detector.val``: COCO metrics of a loaded detector on a dataset split.
+
+    Without ``data`` the dataset (and val split, carved or not) recorded in the checkpoint is
+    used, with the validation batch size recorded there. Writes outputs to ``save_dir`` (or a
+    new ``<project>/val/<name>``) and returns the metrics dict.
+    """
+    from retinadet.detector import resolve_device
+    from retinadet.engine.datasets import eval_split
+    from retinadet.engine.run_dir import increment_run_dir
+
+    ck = detector.checkpoint or {}
+    if data is None:
+        info = ck.get("data")
+        if not isinstance(info, dict):
+            raise ConfigError("these weights record no dataset; pass --data")
+        records = eval_split(info, split)
+    else:
+        records = eval_split(data, split)
+    check_classes(detector.class_names, records)
+    if detector.category_ids is not None and data is None:
+        records = _with_category_ids(records, detector.category_ids)
+    batch = int(batch or (ck.get("train_config") or {}).get("val_batch") or 8)
+    if device is not None:
+        detector.device = resolve_device(device)
+        detector.model.to(detector.device)
+    result = evaluate(detector.model, records, batch_size=batch, workers=workers, device=detector.device, amp=amp,
+                      conf=conf, progress=progress)
+    out = Path(save_dir) if save_dir else increment_run_dir(project, "val", name, exist_ok)
+    write_eval_outputs(result, records, out, conf, plots)
+    log(f"{records.split or 'val'}: {len(records)} images, {sum(records.boxes_per_class().values())} boxes")
+    log(format_stats(result.stats))
+    log(format_per_class(result, records))
+    log(f"results saved to {out}")
+    return {**result.metrics(), "save_dir": str(out)}
+
+
+def check_classes(class_names: Sequence[str], data: DatasetRecords) -> None:
+    if len(class_names) != data.num_classes:
+        raise ConfigError(f"class-count mismatch: the weights have {len(class_names)} classes "
+                          f"({', '.join(class_names[:10])}), the dataset has {data.num_classes} "
+                          f"({', '.join(data.class_names[:10])})")
+
+
+def _with_category_ids(records: DatasetRecords, category_ids: Sequence[int]) -> DatasetRecords:
+    from dataclasses import replace
+
+    if list(records.category_ids) == list(category_ids):
+        return records
+    return replace(records, category_ids=list(category_ids))

@@ -1,0 +1,145 @@
+"""PNG plots: training curves, PR curves, confusion matrix, prediction grids (matplotlib, Agg)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | os.PathLike) -> Path:
+    """Save atomically (temp file + rename) so a crash never leaves a truncated PNG."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    fig.savefig(tmp, dpi=100)
+    os.replace(tmp, path)
+    return path
+
+
+def plot_results(header: Sequence[str], rows: Sequence[Sequence[str]], path: str | os.PathLike) -> Path:
+    """Loss parts and AP curves per epoch from results.csv columns."""
+    plt = _plt()
+    cols = {h: i for i, h in enumerate(header)}
+    data = np.array([[float(v) if v not in ("", "nan") else np.nan for v in r] for r in rows], dtype=float).reshape(-1, len(header))
+    epoch = data[:, cols["epoch"]]
+    panels = [("loss_total", "loss"), ("loss_cls", "cls loss"), ("loss_box", "box loss"), ("lr", "lr"),
+              ("AP", "AP"), ("AP50", "AP50")]
+    fig, axes = plt.subplots(2, 3, figsize=(12, 6))
+    for ax, (key, title) in zip(axes.ravel(), panels):
+        y = data[:, cols[key]]
+        ok = np.isfinite(y)
+        ax.plot(epoch[ok], y[ok], marker="o")
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out = _save(fig, path)
+    plt.close(fig)
+    return out
+
+
+def plot_pr_curves(precision: Optional[np.ndarray], class_names: Sequence[str], path: str | os.PathLike) -> Path:
+    """Precision-recall at IoU 0.5 per class (``precision`` is COCOeval's [T, R, K, A, M] array)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 6))
+    recall = np.linspace(0, 1, 101)
+    if precision is not None:
+        for k, name in enumerate(class_names):
+            p = precision[0, :, k, 0, -1]
+            valid = p > -1
+            ap = float(p[valid].mean()) if valid.any() else float("nan")
+            ax.plot(recall[valid], p[valid], label=f"{name} AP50={ap:.3f}")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_title("PR curves (IoU 0.5)")
+    ax.legend(loc="lower left", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out = _save(fig, path)
+    plt.close(fig)
+    return out
+
+
+def plot_confusion(matrix: np.ndarray, class_names: Sequence[str], path: str | os.PathLike, conf: float, iou: float = 0.5) -> Path:
+    """Rows: predicted class (+ background = missed GT); columns: true class (+ background = false positive)."""
+    plt = _plt()
+    names = list(class_names) + ["background"]
+    n = len(names)
+    fig, ax = plt.subplots(figsize=(max(5, 0.6 * n + 3), max(4, 0.6 * n + 2)))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(n), names, rotation=45, ha="right")
+    ax.set_yticks(range(n), names)
+    ax.set_xlabel("true")
+    ax.set_ylabel("predicted")
+    ax.set_title(f"confusion matrix (IoU {iou}, conf >= {conf})")
+    vmax = matrix.max() if matrix.size else 0
+    for i in range(n):
+        for j in range(n):
+            if matrix[i, j]:
+                ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=8,
+                        color="white" if matrix[i, j] > 0.5 * vmax else "black")
+    fig.tight_layout()
+    out = _save(fig, path)
+    plt.close(fig)
+    return out
+
+
+def class_colors(num_classes: int) -> list[tuple[int, int, int]]:
+    """A distinct colour per class (evenly spaced hues)."""
+    import colorsys
+
+    return [tuple(int(255 * c) for c in colorsys.hsv_to_rgb((i * 0.618034) % 1.0, 0.85, 0.95)) for i in range(max(1, num_classes))]
+
+
+def draw_boxes(image: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str],
+               scores: Optional[torch.Tensor] = None, width: int = 2) -> torch.Tensor:
+    """uint8 [3, H, W] with each box in its class colour, labelled with the class (and score)."""
+    from torchvision.utils import draw_bounding_boxes
+
+    if boxes.numel() == 0:
+        return image
+    colors = class_colors(len(class_names))
+    lab = labels.tolist()
+    text = [class_names[c] if scores is None else f"{class_names[c]} {s:.2f}" for c, s in
+            zip(lab, scores.tolist() if scores is not None else [None] * len(lab))]
+    return draw_bounding_boxes(image, boxes.float(), labels=text, colors=[colors[c] for c in lab], width=width)
+
+
+def save_image(image: torch.Tensor, path: str | os.PathLike) -> Path:
+    from PIL import Image
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    Image.fromarray(image.permute(1, 2, 0).contiguous().numpy()).save(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def prediction_grid(images: torch.Tensor, sizes: torch.Tensor, gt_boxes: torch.Tensor, gt_labels: torch.Tensor,
+                    dets: Sequence[dict], class_names: Sequence[str], path: str | os.PathLike, max_images: int = 8) -> Path:
+    """Per image: labels (left) beside predictions (right), stacked in rows; boxes in input pixels."""
+    rows = []
+    for i in range(min(max_images, images.shape[0])):
+        h, w = int(sizes[i, 0]), int(sizes[i, 1])
+        img = images[i, :, :h, :w].cpu()
+        valid = gt_labels[i] >= 0
+        left = draw_boxes(img, gt_boxes[i][valid].cpu(), gt_labels[i][valid].cpu(), class_names)
+        right = draw_boxes(img, dets[i]["boxes"].cpu(), dets[i]["labels"].cpu(), class_names, dets[i]["scores"].cpu())
+        rows.append(torch.cat([left, torch.full((3, h, 4), 255, dtype=torch.uint8), right], dim=2))
+    width = max(r.shape[2] for r in rows)
+    rows = [torch.nn.functional.pad(r, (0, width - r.shape[2], 0, 4), value=255) for r in rows]
+    return save_image(torch.cat(rows, dim=1), path)
