@@ -45,7 +45,7 @@ def versions() -> dict[str, str]:
         ours = version("retinadet")
     except PackageNotFoundError:
         ours = "unknown"
-    return {"retinadet": ours, "torch": torch.__version__, "torchvision": torchvision.__version__}
+    return {"retinadet": str(ours), "torch": str(torch.__version__), "torchvision": str(torchvision.__version__)}
 
 
 def make_checkpoint(
