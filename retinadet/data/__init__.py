@@ -1,1 +1,26 @@
-"""Data layer: everything between a folder on disk and a padded batch with targets."""
+"""Data layer: everything between a folder on disk and a padded batch with targets.
+
+Modules, one concept each:
+  images      read_image: file -> uint8 RGB [3, H, W]
+  records     ImageRecord / DatasetRecords (canonical form), Problem
+  formats/    coco, voc, yolo, csv_format readers and writers; to_coco_dict for evaluation
+  detect      load_dataset / load_splits: format auto-detection and dataset YAML
+  convert     write_dataset / convert between formats
+  synthetic   the built-in `shapes` dataset (ensure_shapes_dataset)
+  transforms  TransformConfig, presets none/default/strong, DetectionTransform
+  loading     DetectionDataset, collate_detection, GroupedBatchSampler, build_loader
+  check       check_dataset / format_report (`retinadet data check`)
+"""
+
+from retinadet.data.detect import load_dataset, load_splits
+from retinadet.data.formats.coco import coco_api, to_coco_dict
+from retinadet.data.images import read_image
+from retinadet.data.loading import DetectionDataset, DetectionLoader, build_loader, collate_detection
+from retinadet.data.records import DatasetRecords, ImageRecord, Problem
+from retinadet.data.transforms import TransformConfig, build_transform, transform_config
+
+__all__ = [
+    "read_image", "load_dataset", "load_splits", "to_coco_dict", "coco_api", "DetectionDataset", "DetectionLoader",
+    "build_loader", "collate_detection", "DatasetRecords", "ImageRecord", "Problem", "TransformConfig",
+    "build_transform", "transform_config",
+]
