@@ -1,6 +1,6 @@
 """retinadet: RetinaNet object detection toolkit."""
 
-__all__ = ["load"]
+__all__ = ["load", "train"]
 
 
 def __getattr__(name):
@@ -9,4 +9,8 @@ def __getattr__(name):
         from retinadet.weights.resolve import load
 
         return load
+    if name == "train":
+        from retinadet.engine.train import train
+
+        return train
     raise AttributeError(f"module 'retinadet' has no attribute '{name}'")

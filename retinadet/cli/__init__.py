@@ -16,6 +16,9 @@ SUBCOMMANDS = {
     "model": "retinadet.cli.model",
     "data": "retinadet.cli.data",
     "weights": "retinadet.cli.weights",
+    "train": "retinadet.cli.train",
+    "val": "retinadet.cli.val",
+    "predict": "retinadet.cli.predict",
 }
 
 

@@ -66,7 +66,8 @@ def plot_pr_curves(precision: Optional[np.ndarray], class_names: Sequence[str], 
     ax.set_xlabel("recall")
     ax.set_ylabel("precision")
     ax.set_title("PR curves (IoU 0.5)")
-    ax.legend(loc="lower left", fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower left", fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     out = _save(fig, path)

@@ -118,6 +118,30 @@ def _model_config(cfg: TrainConfig, num_classes: int, finetune_ckpt: Optional[di
     return mcfg.validate()
 
 
+def check_model_spec(spec: Optional[str]) -> None:
+    """``--model`` must be a preset, a torchvision classification model or ``timm:<name>``."""
+    from retinadet.model.backbones import torchvision_classification_models
+    from retinadet.model.presets import PRESETS, get_preset
+
+    if spec is None or spec in PRESETS or spec.startswith("timm:") or spec in torchvision_classification_models():
+        return
+    try:
+        get_preset(spec)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}; or a backbone name (see `retinadet model backbones`)") from None
+
+
+def state_digest(model: nn.Module) -> str:
+    """sha256 over every tensor of the state dict (to check that DDP ranks hold the same weights)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if v.numel() else b"")
+    return h.hexdigest()
+
+
 def _autocast(device: torch.device, amp: Any):
     from retinadet.detector import autocast_context
 
@@ -182,7 +206,12 @@ class _Trainer:
 
         cfg, info = self.cfg, self.dist
         self.main = info.is_main
-        # Run folder first (rank 0 picks it), so every later message goes to its log.
+        # Inputs are checked before the run folder exists, so a bad --data or --model leaves nothing behind.
+        self.train_data, self.val_data, self.data_info = train_val_splits(cfg.data, cfg.val_split, cfg.seed)
+        check_model_spec(cfg.model)
+        finetune = None
+        if cfg.weights and self.resume_ckpt is None:
+            finetune = resolve_weights(cfg.weights)
         if self.save_dir is None:
             path = str(increment_run_dir(cfg.project, "train", cfg.name, cfg.exist_ok)) if self.main else None
             self.save_dir = Path(D.broadcast_object(path, info))
@@ -190,8 +219,6 @@ class _Trainer:
         if self.main:
             self.wdir.mkdir(parents=True, exist_ok=True)
         self.log = RunLog(self.save_dir / "train.log" if self.main else None, echo=self.main)
-
-        self.train_data, self.val_data, self.data_info = train_val_splits(cfg.data, cfg.val_split, cfg.seed)
         self.class_names = list(self.train_data.class_names)
         self.category_ids = list(self.train_data.category_ids)
         if self.data_info["val_split"] == "carved":
@@ -202,9 +229,6 @@ class _Trainer:
 
                 atomic_write_text(self.save_dir / "val_ids.txt", "\n".join(map(str, self.data_info["carved_ids"])) + "\n")
 
-        finetune = None
-        if cfg.weights and self.resume_ckpt is None:
-            finetune = resolve_weights(cfg.weights)
         mcfg = _model_config(cfg, len(self.class_names), finetune)
         self.model = RetinaNet(mcfg).to(self.device)
         if finetune is not None:
@@ -493,6 +517,12 @@ class _Trainer:
         result.best = best if best.is_file() else None
         last = self.wdir / "last.pt"
         result.last = last if last.is_file() else result.last
+        if self.dist.enabled:
+            digests = D.all_gather_objects(state_digest(self.model), self.dist)
+            same = len(set(digests)) == 1
+            result.metrics = {**metrics, "ddp_weights_identical": same}
+            self.log(f"DDP: final weights {'identical' if same else 'DIFFER'} on all {self.dist.world_size} ranks "
+                     f"(sha256 {', '.join(d[:16] for d in digests)})")
         if self.main and not result.interrupted:
             ap = f"; best val AP {self.best_fitness:.4f}" if self.best_fitness >= 0 else ""
             self.log(f"done: {epochs_done} epochs{ap}; results in {self.save_dir}")

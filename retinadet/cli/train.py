@@ -1,0 +1,56 @@
+"""``retinadet train``: train a RetinaNet (no arguments: the fast preset on the built-in shapes dataset)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+AMP_VALUES = {"off": False, "on": True, "bf16": "bf16", "fp16": "fp16"}
+
+
+@click.command("train")
+@click.option("--config", type=click.Path(dir_okay=False), default=None, help="YAML file of options; flags win over it.")
+@click.option("--data", default=None, help="Dataset path or YAML (any format the data layer reads) or 'shapes'. [default: shapes]")
+@click.option("--model", default=None, help="Model preset or backbone name. [default: fast, or the --weights model]")
+@click.option("--imgsz", type=int, default=None, help="Input size (short side and long-side cap).")
+@click.option("--epochs", type=int, default=None, help="Epochs. [default: 8]")
+@click.option("--batch", type=int, default=None, help="Batch size (per process). [default: 8]")
+@click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), default=None, help="[default: sgd]")
+@click.option("--lr", type=float, default=None, help="Base learning rate. [default: 0.01 sgd, 0.001 adamw]")
+@click.option("--schedule", type=click.Choice(["cosine", "step", "constant"]), default=None,
+              help="Decay after the linear warm-up, stepped per iteration. [default: cosine]")
+@click.option("--warmup-epochs", type=float, default=None, help="Linear warm-up length in epochs. [default: 1]")
+@click.option("--weight-decay", type=float, default=None, help="Weight decay (not on norms and biases). [default: 1e-4]")
+@click.option("--clip-grad", type=float, default=None, help="Max gradient norm (0 = off). [default: 10]")
+@click.option("--amp", type=click.Choice(list(AMP_VALUES)), default=None, is_flag=False, flag_value="on",
+              help="Mixed precision: bf16 autocast on CPU; fp16 + GradScaler (or bf16) on CUDA.")
+@click.option("--ema/--no-ema", default=None, help="Keep an exponential moving average of the weights.")
+@click.option("--freeze", type=int, default=None, help="Backbone trainable layers (0..5; 5 = none frozen).")
+@click.option("--augment", type=click.Choice(["none", "default", "strong"]), default=None, help="[default: default]")
+@click.option("--device", default=None, help="auto, cpu, cuda, cuda:N or mps. [default: auto]")
+@click.option("--workers", type=int, default=None, help="Data loader processes. [default: 2]")
+@click.option("--seed", type=int, default=None, help="[default: 0]")
+@click.option("--deterministic", is_flag=True, default=None, help="Deterministic algorithms (exactly resumable on CPU).")
+@click.option("--val-every", type=int, default=None, help="Validate every N epochs (and after the last). [default: 1]")
+@click.option("--val-split", default=None, help="Split to validate on (default val; a test split only when named).")
+@click.option("--patience", type=int, default=None, help="Stop after N validations without AP gain (0 = off).")
+@click.option("--weights", default=None, help="Start from these weights (fine-tune; class layer re-initialised if needed).")
+@click.option("--resume", default=None, help="Resume a run folder or its last.pt.")
+@click.option("--sync-bn", is_flag=True, default=None, help="SyncBatchNorm under torchrun.")
+@click.option("--project", default=None, help="Root folder of runs. [default: runs]")
+@click.option("--name", default=None, help="Run name under PROJECT/train (auto-incremented). [default: exp]")
+@click.option("--exist-ok", is_flag=True, default=None, help="Reuse PROJECT/train/NAME if it exists.")
+@click.option("--no-plots", "plots", flag_value=False, default=None, help="Skip PNG plots.")
+def command(**flags) -> None:
+    """Train a RetinaNet detector; writes PROJECT/train/NAME with weights, results.csv and plots."""
+    from retinadet.engine.train import train
+
+    config = flags.pop("config")
+    if flags.get("amp") is not None:
+        flags["amp"] = AMP_VALUES[flags["amp"]]
+    options = {k: v for k, v in flags.items() if v is not None}
+    result = train(config, **options)
+    if result.interrupted:
+        click.echo(f"stopped early ({result.stop_reason}); resume with: retinadet train --resume {result.save_dir}")
+        sys.exit(0)

@@ -1,0 +1,34 @@
+"""``retinadet val``: COCO evaluation of a checkpoint."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("val")
+@click.option("--weights", required=True, help="Weights to evaluate (a retinadet .pt, or anything `retinadet.load` reads).")
+@click.option("--data", default=None, help="Dataset (default: the one recorded in the checkpoint).")
+@click.option("--split", default=None, help="val (default) or test.")
+@click.option("--batch", type=int, default=None, help="Batch size (default: the training run's val batch).")
+@click.option("--conf", type=float, default=0.25, show_default=True, help="Score threshold of the confusion matrix.")
+@click.option("--device", default=None, help="auto, cpu, cuda[:N], mps.")
+@click.option("--workers", type=int, default=0, show_default=True)
+@click.option("--project", default="runs", show_default=True)
+@click.option("--name", default=None, help="Run name under PROJECT/val. [default: exp]")
+@click.option("--exist-ok", is_flag=True)
+@click.option("--no-plots", "plots", flag_value=False, default=True)
+def command(weights, data, split, batch, conf, device, workers, project, name, exist_ok, plots) -> None:
+    """Evaluate WEIGHTS: 12 COCO stats, per-class AP, PR curves, confusion matrix, metrics.json, predictions."""
+    import torch
+
+    from retinadet.engine.evaluate import evaluate_detector
+    from retinadet.engine.predict import load_detector
+    from retinadet.errors import RetinadetError
+
+    try:
+        det = load_detector(weights)
+        evaluate_detector(det, data, split, batch=batch, workers=workers, device=device, conf=conf, plots=plots,
+                          project=project, name=name, exist_ok=exist_ok, log=click.echo, progress=True)
+    except torch.OutOfMemoryError as exc:
+        raise RetinadetError(f"out of memory during evaluation ({str(exc).splitlines()[0][:120]}); "
+                             "try a smaller --batch") from exc
