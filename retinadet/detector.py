@@ -179,5 +179,12 @@ class Detector:
             out.append(Detections(boxes.cpu(), det["scores"].cpu(), det["labels"].cpu(), self.class_names, orig, name))
         return out
 
+    def val(self, data=None, split=None, **kwargs) -> dict:
+        """COCO metrics on a dataset split (default: the val split recorded in the checkpoint);
+        see :func:`retinadet.engine.evaluate.evaluate_detector` for the options."""
+        from retinadet.engine.evaluate import evaluate_detector
+
+        return evaluate_detector(self, data, split, **kwargs)
+
     def __repr__(self) -> str:
         return f"Detector(preset={self.cfg.preset}, classes={self.class_names}, device={self.device})"
