@@ -171,3 +171,38 @@ def test_unknown_layout_and_missing_path_raise(tmp_path):
         load_dataset(tmp_path / "empty")
     with pytest.raises(DataError, match="not found"):
         load_dataset(tmp_path / "nope")
+
+
+def test_voc_difficult_is_crowd_and_convert_cli(tmp_path):
+    from click.testing import CliRunner
+
+    from retinadet.cli.data import command
+
+    src = tmp_path / "voc"
+    write_image(src / "JPEGImages" / "im1.jpg", 50, 40)
+    write_image(src / "JPEGImages" / "im2.jpg", 50, 40)
+    (src / "Annotations").mkdir()
+    obj = "<object><name>{n}</name><difficult>{d}</difficult><bndbox><xmin>{a}</xmin><ymin>2</ymin><xmax>{b}</xmax><ymax>20</ymax></bndbox></object>"
+    (src / "Annotations" / "im1.xml").write_text(
+        "<annotation><filename>im1.jpg</filename><size><width>50</width><height>40</height></size>"
+        + obj.format(n="dog", d=0, a=1, b=10) + obj.format(n="cat", d=1, a=5, b=30) + "</annotation>")
+    (src / "Annotations" / "im2.xml").write_text(
+        "<annotation><filename>im2.jpg</filename><size><width>50</width><height>40</height></size></annotation>")
+    ds = load_dataset(src)
+    assert ds.class_names == ["cat", "dog"] and ds.num_negatives() == 1
+    assert ds.records[0].crowd.tolist() == [False, True] and ds.records[0].labels.tolist() == [1, 0]
+
+    result = CliRunner().invoke(command, ["convert", str(src), "--to", "coco", "-o", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "out" / "all" / "_annotations.coco.json").read_text())
+    assert [a["iscrowd"] for a in data["annotations"]] == [0, 1]
+    assert [a["bbox"] for a in data["annotations"]] == [[1, 2, 9, 18], [5, 2, 25, 18]]
+    assert len(data["images"]) == 2
+    back = load_dataset(tmp_path / "out")
+    assert back.class_names == ["cat", "dog"] and back.records[0].crowd.tolist() == [False, True]
+
+    result = CliRunner().invoke(command, ["convert", str(src), "--to", "voc", "-o", str(tmp_path / "voc2")])
+    assert result.exit_code == 0, result.output
+    again = load_dataset(tmp_path / "voc2")
+    np.testing.assert_array_equal(again.records[0].boxes, ds.records[0].boxes)
+    assert again.records[0].crowd.tolist() == [False, True]
