@@ -16,8 +16,12 @@ FILES = {"state_dict": "seed_state_dict", "module": "seed_module", "dataparallel
 
 
 @pytest.fixture(scope="module")
-def imported(seed_dir):
-    return {name: import_weights(seed_dir / f"seed_resnet18_{name}.pt", "auto", ["a", "b", "c"]) for name in FILES}
+def imported(seed_dir, seed_ckpt):
+    # seed_ckpt is the state_dict file imported once per session (conftest).
+    out = {"state_dict": seed_ckpt}
+    out.update({name: import_weights(seed_dir / f"seed_resnet18_{name}.pt", "auto", ["a", "b", "c"])
+                for name in ("module", "dataparallel")})
+    return out
 
 
 @pytest.fixture(scope="module")
