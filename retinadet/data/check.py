@@ -22,6 +22,7 @@ from retinadet.data.transforms import resized_shape
 COCO_SMALL, COCO_MEDIUM = 32**2, 96**2
 PIXEL_BINS = (16, 32, 64, 128, 256)
 LOW_COVERAGE = 0.9
+WARNINGS_PER_KIND = 20
 
 
 @dataclass
@@ -228,6 +229,16 @@ def format_report(report: CheckReport) -> str:
     errors = report.errors
     warnings_ = [p for p in report.problems if p.severity != "error"]
     lines.append(f"\nProblems: {len(errors)} error(s), {len(warnings_)} warning(s)")
-    for p in errors + warnings_:
+    for p in errors:
         lines.append(f"  {p}")
+    # Warnings are repaired on load; a systematic one (e.g. every box 1 px over the edge)
+    # would bury the errors, so each kind is listed up to WARNINGS_PER_KIND times.
+    shown: dict[str, int] = {}
+    for p in warnings_:
+        shown[p.kind] = shown.get(p.kind, 0) + 1
+        if shown[p.kind] <= WARNINGS_PER_KIND:
+            lines.append(f"  {p}")
+    for kind, n in shown.items():
+        if n > WARNINGS_PER_KIND:
+            lines.append(f"  ... and {n - WARNINGS_PER_KIND} more '{kind}' warnings")
     return "\n".join(lines)

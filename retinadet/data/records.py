@@ -111,8 +111,8 @@ def sanitize_boxes(
     """Validate boxes of one image: returns (clipped boxes, keep-mask) and appends problems.
 
     * NaN/inf coordinates: error, dropped.
-    * Reaching outside the image by more than ``tolerance`` px: error, clipped
-      (annotation tools often overshoot by a pixel, which is not worth a report).
+    * Reaching outside the image by more than ``tolerance`` px: error, clipped.
+      Within ``tolerance`` (annotation tools often overshoot by a pixel): warning, clipped.
     * Zero or negative size (after clipping): warning, dropped.
     ``where`` names each box (line or annotation id) for messages.
     """
@@ -131,6 +131,9 @@ def sanitize_boxes(
                     Problem(file, f"{name}: box {np.round(box, 2).tolist()} outside image {width}x{height}; clipped",
                             "box_outside_image")
                 )
+            elif x1 < 0 or y1 < 0 or x2 > width or y2 > height:
+                problems.append(Problem(file, f"{name}: box {np.round(box, 2).tolist()} overshoots image {width}x{height} "
+                                        f"by <= {tolerance:g} px; clipped", "box_clipped", "warning"))
             boxes[i] = [min(max(x1, 0), width), min(max(y1, 0), height), min(max(x2, 0), width), min(max(y2, 0), height)]
             x1, y1, x2, y2 = boxes[i]
         if x2 - x1 <= 0 or y2 - y1 <= 0:

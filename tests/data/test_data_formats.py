@@ -206,3 +206,14 @@ def test_voc_difficult_is_crowd_and_convert_cli(tmp_path):
     again = load_dataset(tmp_path / "voc2")
     np.testing.assert_array_equal(again.records[0].boxes, ds.records[0].boxes)
     assert again.records[0].crowd.tolist() == [False, True]
+
+
+def test_boxes_over_the_edge_are_clipped_and_reported(tmp_path):
+    write_image(tmp_path / "a.jpg", 32, 32)
+    path = write_coco(tmp_path / "ann.json", [{"id": 1, "file_name": "a.jpg", "width": 32, "height": 32}],
+                      [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [20, 20, 12.5, 12]},  # 0.5 px over
+                       {"id": 2, "image_id": 1, "category_id": 1, "bbox": [-10, 0, 20, 10]}],  # 10 px over
+                      [{"id": 1, "name": "thing"}])
+    ds = load_dataset(path)
+    np.testing.assert_allclose(ds.records[0].boxes, [[20, 20, 32, 32], [0, 0, 10, 10]])
+    assert [(p.kind, p.severity) for p in ds.problems] == [("box_clipped", "warning"), ("box_outside_image", "error")]
