@@ -132,13 +132,15 @@ def check_model_spec(spec: Optional[str]) -> None:
 
 
 def state_digest(model: nn.Module) -> str:
-    """sha256 over every tensor of the state dict (to check that DDP ranks hold the same weights)."""
+    """sha256 over every parameter (to check that DDP ranks hold the same weights). BatchNorm running
+    statistics are left out: DDP re-broadcasts rank 0's at each forward, so after the last step they are
+    per-rank by design (rank 0's are the ones saved)."""
     import hashlib
 
     h = hashlib.sha256()
-    for k, v in model.state_dict().items():
+    for k, v in model.named_parameters():
         h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if v.numel() else b"")
+        h.update(v.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes() if v.numel() else b"")
     return h.hexdigest()
 
 
@@ -237,7 +239,10 @@ class _Trainer:
 
         world = info.world_size
         if info.enabled and cfg.sync_bn:
-            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            if self.device.type == "cuda":
+                self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            else:
+                self.log("--sync-bn needs CUDA (SyncBatchNorm is GPU-only); ignored on this device")
         self.loader = TrainLoader(self.train_data, mcfg.preprocess, cfg.batch, cfg.augment, cfg.workers, cfg.seed,
                                   info.rank, world, pin_memory=self.device.type == "cuda")
         self.ipe = len(self.loader)
@@ -521,7 +526,7 @@ class _Trainer:
             digests = D.all_gather_objects(state_digest(self.model), self.dist)
             same = len(set(digests)) == 1
             result.metrics = {**metrics, "ddp_weights_identical": same}
-            self.log(f"DDP: final weights {'identical' if same else 'DIFFER'} on all {self.dist.world_size} ranks "
+            self.log(f"DDP: final weights (parameters) {'identical' if same else 'DIFFER'} on all {self.dist.world_size} ranks "
                      f"(sha256 {', '.join(d[:16] for d in digests)})")
         if self.main and not result.interrupted:
             ap = f"; best val AP {self.best_fitness:.4f}" if self.best_fitness >= 0 else ""
