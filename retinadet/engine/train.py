@@ -193,6 +193,8 @@ class _Trainer:
                 self.stop = stop
                 return self._loop()
         finally:
+            if getattr(self, "_bar", None) is not None:
+                self._bar.close()  # also on errors, so an error message starts on its own line
             if getattr(self, "tb", None) is not None:
                 self.tb.close()
             D.cleanup()
@@ -349,7 +351,7 @@ class _Trainer:
             if start == 0:
                 self.epoch_sums, self.epoch_time_before = [0.0, 0.0, 0.0, 0], 0.0
             t0 = time.perf_counter()
-            bar = tqdm(total=self.ipe, initial=start, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+            bar = self._bar = tqdm(total=self.ipe, initial=start, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                        disable=not (main and cfg.progress), dynamic_ncols=True)
             it = start
             for batch in self.loader.epoch(epoch, start):
@@ -452,8 +454,9 @@ class _Trainer:
 
         cfg, main = self.cfg, self.main
         s = self.epoch_sums
-        n = max(1, s[3])
-        losses = {"loss_cls": s[0] / n, "loss_box": s[1] / n, "loss_total": s[2] / n}
+        n = s[3]
+        nan = float("nan")
+        losses = {"loss_cls": s[0] / n if n else nan, "loss_box": s[1] / n if n else nan, "loss_total": s[2] / n if n else nan}
         lr = self.optimizer.param_groups[0]["lr"]
         do_val = (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs
         metrics: dict[str, Any] = {**losses, "lr": lr, "epoch_time": epoch_time}

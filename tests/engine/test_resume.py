@@ -36,3 +36,28 @@ def test_interrupted_then_resumed_equals_uninterrupted(tiny_data, tmp_path):
     assert resumed.metrics["AP"] == full.metrics["AP"]
     rows = (part.save_dir / "results.csv").read_text().strip().splitlines()
     assert len(rows) == 3
+
+
+def test_sigterm_finishes_step_and_saves_position(tiny_data, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from retinadet.engine import train as train_mod
+
+    real = train_mod._Trainer._step
+    calls = {"n": 0}
+
+    def step_then_signal(self, batch):
+        out = real(self, batch)
+        calls["n"] += 1
+        if calls["n"] == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives mid-run, as from a job scheduler
+        return out
+
+    monkeypatch.setattr(train_mod._Trainer, "_step", step_then_signal)
+    res = train(data=str(tiny_data), project=str(tmp_path), name="sig", **OPTS)
+    assert res.interrupted and "SIGTERM" in res.stop_reason and calls["n"] == 1
+    ck = torch.load(res.last, weights_only=True)
+    assert (ck["train_state"]["epoch"], ck["train_state"]["iter"]) == (0, 1)
+    assert not (res.save_dir / "weights" / "best.pt").exists()
+    assert signal.getsignal(signal.SIGTERM) is not None  # handlers restored (no exception on exit)
