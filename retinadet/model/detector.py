@@ -107,26 +107,24 @@ class RetinaNet(nn.Module):
         nms_iou = inf.nms_iou if nms_iou is None else nms_iou
         max_det = inf.max_det if max_det == -1 else max_det
         b, _, k = cls_logits.shape
-        all_scores, all_labels, all_boxes = [], [], []
+        topk = inf.topk_per_level
+        parts = []
         for logits, deltas, level_anchors in zip(
             cls_logits.split(per_level, dim=1), box_deltas.split(per_level, dim=1), anchors.split(per_level)
         ):
             scores = torch.sigmoid(logits.float()).flatten(1)
-            if inf.topk_per_level is not None and inf.topk_per_level < scores.shape[1]:
-                scores, idx = scores.topk(inf.topk_per_level, dim=1)
-            else:
-                idx = torch.arange(scores.shape[1], device=scores.device).expand(b, -1)
-            anchor_idx = idx // k
-            picked = torch.gather(deltas.float(), 1, anchor_idx.unsqueeze(-1).expand(-1, -1, 4))
-            all_boxes.append(self.box_coder.decode(picked, level_anchors[anchor_idx]))
-            all_scores.append(scores)
-            all_labels.append(idx % k)
-        scores = torch.cat(all_scores, dim=1)
-        labels = torch.cat(all_labels, dim=1)
-        boxes = self._clip(torch.cat(all_boxes, dim=1), image_sizes, padded_size)
-
-        img_idx, cand_idx = (scores > score_thresh).nonzero(as_tuple=True)
-        boxes, scores, labels = boxes[img_idx, cand_idx], scores[img_idx, cand_idx], labels[img_idx, cand_idx]
+            above = scores > score_thresh
+            if topk is not None and int(above.sum(dim=1).max()) > topk:
+                top_scores, top_idx = scores.topk(topk, dim=1)
+                img_idx, col = (top_scores > score_thresh).nonzero(as_tuple=True)
+                flat_idx = top_idx[img_idx, col]
+            else:  # every candidate above the threshold fits in top-k: no sort needed
+                img_idx, flat_idx = above.nonzero(as_tuple=True)
+            anchor_idx = flat_idx // k
+            boxes = self.box_coder.decode(deltas[img_idx, anchor_idx].float(), level_anchors[anchor_idx])
+            parts.append((img_idx, boxes, scores[img_idx, flat_idx], flat_idx % k))
+        img_idx, boxes, scores, labels = (torch.cat(t) for t in zip(*parts))
+        boxes = self._clip(boxes, image_sizes[img_idx], padded_size)
         keep = batched_nms(boxes, scores, img_idx * k + labels, nms_iou)
         keep = keep[torch.sort(img_idx[keep], stable=True).indices]
         counts = torch.bincount(img_idx[keep], minlength=b)
@@ -148,5 +146,5 @@ class RetinaNet(nn.Module):
                 [boxes[..., 0].clamp(0, w), boxes[..., 1].clamp(0, h), boxes[..., 2].clamp(0, w), boxes[..., 3].clamp(0, h)], dim=-1
             )
         hw = image_sizes.to(boxes.dtype)
-        upper = torch.stack([hw[:, 1], hw[:, 0], hw[:, 1], hw[:, 0]], dim=-1)[:, None, :]
+        upper = torch.stack([hw[..., 1], hw[..., 0], hw[..., 1], hw[..., 0]], dim=-1)
         return torch.minimum(boxes.clamp(min=0), upper)
