@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
 
@@ -18,8 +19,16 @@ def test_torchrun_two_processes(tiny_data, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
            "-m", "retinadet", "train", "--data", str(tiny_data), "--epochs", "1", "--batch", "2", "--imgsz", "64",
            "--workers", "0", "--device", "cpu", "--project", str(tmp_path), "--no-plots"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=200, env=env, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # Own process group: on a timeout the launcher and both workers are killed together.
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=200)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail("torchrun did not finish in 200 s:\n" + out[-2000:] + err[-2000:])
+    assert proc.returncode == 0, out[-3000:] + err[-3000:]
     runs = sorted(p.name for p in (tmp_path / "train").iterdir())
     assert runs == ["exp"]  # one run folder: rank 1 created none
     run = tmp_path / "train" / "exp"

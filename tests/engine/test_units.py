@@ -1,0 +1,76 @@
+"""Fast checks of the pieces: splits (never test unless asked; carved val), schedule, param groups, run dirs."""
+
+from __future__ import annotations
+
+import math
+import shutil
+
+import pytest
+import torch
+
+from retinadet.engine.datasets import eval_split, train_val_splits
+from retinadet.engine.run_dir import increment_run_dir
+from retinadet.engine.schedule import build_scheduler, lr_factor
+from retinadet.engine.train import param_groups
+
+
+def test_no_val_split_carves_from_train_not_test(tiny_data, tmp_path):
+    ds = tmp_path / "d"
+    shutil.copytree(tiny_data / "train", ds / "train")
+    shutil.copytree(tiny_data / "test", ds / "test")
+    train, val, info = train_val_splits(ds, seed=0)
+    assert info["val_split"] == "carved" and len(val) == 1 and len(train) == 7
+    assert {int(r.image_id) for r in val.records} == set(info["carved_ids"])
+    assert not {str(r.path) for r in val.records} & {str(p) for p in (ds / "test").iterdir()}
+    again = train_val_splits(ds, seed=0)[2]
+    assert again["carved_ids"] == info["carved_ids"]  # deterministic
+    assert [r.image_id for r in eval_split(info).records] == [r.image_id for r in val.records]
+    _, test, info_t = train_val_splits(ds, val_split="test")
+    assert info_t["val_split"] == "test" and len(test) == 4
+
+
+def test_val_split_is_val_when_present(tiny_data):
+    _, val, info = train_val_splits(tiny_data)
+    assert info["val_split"] == "val" and all("valid" in str(r.path) for r in val.records)
+
+
+def test_schedule_warmup_then_cosine_per_iteration():
+    total, warm = 100, 10
+    f = [lr_factor(i, total, warm, "cosine", 0.05) for i in range(total)]
+    assert f[0] == pytest.approx(0.001) and all(a < b for a, b in zip(f[:warm], f[1:warm + 1]))
+    assert f[warm] == pytest.approx(1.0) and all(a >= b for a, b in zip(f[warm:], f[warm + 1:]))
+    assert f[-1] == pytest.approx(0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * 89 / 90)))
+    steps = [lr_factor(i, total, 0, "step") for i in (0, 66, 67, 89)]
+    assert steps == pytest.approx([1.0, 1.0, 0.1, 0.01])
+    p = torch.nn.Parameter(torch.zeros(2, 2))
+    opt = torch.optim.SGD([p], lr=0.1)
+    sched = build_scheduler(opt, total, warm)
+    for _ in range(warm):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1)
+    torch.save(sched.state_dict(), "/dev/null")  # plain data only
+
+
+def test_no_weight_decay_on_norms_and_biases():
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Linear(4, 2))
+    decay, no_decay = param_groups(m, 1e-4)
+    assert decay["weight_decay"] == 1e-4 and no_decay["weight_decay"] == 0.0
+    assert {id(p) for p in decay["params"]} == {id(m[0].weight), id(m[2].weight)}
+    assert len(no_decay["params"]) == 4  # conv bias, bn weight and bias, linear bias
+
+
+def test_run_dirs_increment(tmp_path):
+    a = increment_run_dir(tmp_path, "train")
+    b = increment_run_dir(tmp_path, "train")
+    c = increment_run_dir(tmp_path, "train", "x")
+    d = increment_run_dir(tmp_path, "train", "x", exist_ok=True)
+    assert [p.name for p in (a, b, c, d)] == ["exp", "exp2", "x", "x"]
+
+
+def test_python_api_mirrors_cli():
+    import retinadet
+    from retinadet.detector import Detector
+    from retinadet.engine.train import train
+
+    assert retinadet.train is train and callable(Detector.val)
