@@ -42,6 +42,7 @@ def list_sources(source: str | os.PathLike) -> list[str]:
         where = f"path list {s}"
     elif p.is_file():
         if p.suffix.lower() in VIDEO_SUFFIXES:
+            video_backend(s)  # fail now, with a clear message, if nothing can decode it
             return [s]
         if not is_image_file(p):
             raise DataError(f"{s}: not an image or video file (by its extension)")
@@ -54,6 +55,16 @@ def list_sources(source: str | os.PathLike) -> list[str]:
     if not files:
         raise DataError(f"no images found at {where}")
     return files
+
+
+def video_backend(path: str) -> str:
+    """The installed video reader (torchcodec, av or imageio), or a :class:`DataError` naming the options."""
+    import importlib.util
+
+    for module, name in (("torchcodec", "torchcodec"), ("av", "av"), ("imageio", "imageio")):
+        if importlib.util.find_spec(module) is not None:
+            return name
+    raise DataError(f"{path}: reading video needs torchcodec, PyAV (`pip install av`) or imageio[ffmpeg]; none is installed")
 
 
 def read_video_frames(path: str) -> Iterator[torch.Tensor]:

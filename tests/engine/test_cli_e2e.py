@@ -94,3 +94,28 @@ def test_predict_boxes_in_original_coordinates(trained_run, tiny_data, tmp_path,
     drawn = np.asarray(Image.open(out / "wide.png"))
     assert drawn.shape == (130, 210, 3)
     assert "image(s):" in res.output
+
+
+def test_finetune_reinitialises_class_layer(trained_run, tiny_data, tmp_path):
+    """--weights with another class count: class layer re-initialised and reported; AMP (bf16 on CPU) step runs."""
+    import shutil
+
+    import retinadet
+
+    ds = tmp_path / "two"
+    for split in ("train", "valid"):
+        shutil.copytree(tiny_data / split, ds / split)
+        ann = json.loads((ds / split / "_annotations.coco.json").read_text())
+        ann["categories"] = ann["categories"][:2]
+        ann["annotations"] = [a for a in ann["annotations"] if a["category_id"] <= 2]
+        (ds / split / "_annotations.coco.json").write_text(json.dumps(ann))
+    res = retinadet.train(data=str(ds), weights=str(trained_run / "weights" / "best.pt"), max_iters=1, amp=True,
+                          workers=0, batch=4, project=str(tmp_path), progress=False, plots=False)
+    assert res.interrupted
+    log = (res.save_dir / "train.log").read_text()
+    assert "re-initialised keys: head.cls_logits.weight, head.cls_logits.bias" in log
+    ck = torch.load(res.last, weights_only=True)
+    assert ck["class_names"] == ["circle", "square"] and ck["model_config"]["num_classes"] == 2
+    # The rest of the network came from the weights (same input size as the source run).
+    src = torch.load(trained_run / "weights" / "best.pt", weights_only=True)
+    assert ck["model_config"]["preprocess"]["max_size"] == src["model_config"]["preprocess"]["max_size"]

@@ -74,3 +74,30 @@ def test_python_api_mirrors_cli():
     from retinadet.engine.train import train
 
     assert retinadet.train is train and callable(Detector.val)
+
+
+def test_predict_sources(tiny_data, tmp_path):
+    import importlib.util
+
+    from retinadet.engine.predict import list_sources
+    from retinadet.errors import DataError
+
+    imgs = sorted(str(p) for p in (tiny_data / "test").glob("*.jpg"))
+    assert list_sources(tiny_data / "test") == imgs
+    assert list_sources(str(tiny_data / "test" / "*.jpg")) == imgs
+    assert list_sources(imgs[0]) == [imgs[0]]
+    listing = tmp_path / "list.txt"
+    listing.write_text("\n".join(imgs[:2]) + "\n")
+    assert list_sources(listing) == imgs[:2]
+    listing.write_text(str(tmp_path / "gone.jpg"))
+    with pytest.raises(DataError, match="do not exist"):
+        list_sources(listing)
+    with pytest.raises(DataError, match="no images found"):
+        list_sources(str(tmp_path / "*.png"))
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"\x00" * 64)
+    if not any(importlib.util.find_spec(m) for m in ("torchcodec", "av", "imageio")):
+        with pytest.raises(DataError, match="reading video needs"):
+            list_sources(video)
+    else:
+        assert list_sources(video) == [str(video)]
