@@ -29,13 +29,21 @@ from retinadet.model import build_model
 from retinadet.weights.keymaps import drop_unused_buffers, from_torchvision
 
 
-def build_pair(size: int):
-    """torchvision's fine-tuning layout (frozen BN, 3 trainable stages) and our matching preset."""
+def build_torchvision(size: int):
+    """torchvision's fine-tuning layout: frozen BN, 3 trainable stages."""
     torch.manual_seed(0)
     body = resnet50(norm_layer=FrozenBatchNorm2d)
     backbone = _resnet_fpn_extractor(body, 3, returned_layers=[2, 3, 4], extra_blocks=LastLevelP6P7(256, 256))
-    tv = TorchvisionRetinaNet(backbone, num_classes=91, min_size=size, max_size=size)
-    ours = build_model("retinanet_resnet50_fpn", overrides={"preprocess.min_size": size, "preprocess.max_size": size})
+    return TorchvisionRetinaNet(backbone, num_classes=91, min_size=size, max_size=size)
+
+
+def build_ours(size: int):
+    return build_model("retinanet_resnet50_fpn", overrides={"preprocess.min_size": size, "preprocess.max_size": size})
+
+
+def build_pair(size: int):
+    """Both models, ours holding torchvision's weights."""
+    tv, ours = build_torchvision(size), build_ours(size)
     state, _ = from_torchvision(tv.state_dict())
     ours.load_state_dict(drop_unused_buffers(state, ours.state_dict().keys()), strict=True)
     return tv, ours
@@ -93,19 +101,27 @@ class Runner:
         self.opt.step()
 
 
+def make_runner(mode, model, size, batch):
+    if mode == "tv":
+        return Runner("torchvision fp32", model, "tv", size, batch)
+    return Runner(f"retinadet {mode}", model, "ours", size, batch, channels_last="cl" in mode, amp="bf16" in mode)
+
+
 def make_runners(size, batch, modes):
     tv, ours = build_pair(size)
-    runners = [Runner("torchvision fp32", tv, "tv", size, batch)]
+    runners = [make_runner("tv", tv, size, batch)]
     for mode in modes:
         model = ours if mode == "fp32" else build_pair(size)[1]
-        runners.append(Runner(f"retinadet {mode}", model, "ours", size, batch,
-                              channels_last="cl" in mode, amp="bf16" in mode))
+        runners.append(make_runner(mode, model, size, batch))
     return runners
 
 
 def _peak_child(args, index, queue):
+    """Peak RSS growth of one inference and one training step, for one model alone."""
     torch.set_num_threads(args.threads)
-    runner = make_runners(args.size, args.batch, args.modes)[index]
+    mode = (["tv"] + list(args.modes))[index]
+    model = build_torchvision(args.size) if mode == "tv" else build_ours(args.size)
+    runner = make_runner(mode, model, args.size, args.batch)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     runner.infer()
     infer_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -148,3 +148,20 @@ class RetinaNet(nn.Module):
         hw = image_sizes.to(boxes.dtype)
         upper = torch.stack([hw[..., 1], hw[..., 0], hw[..., 1], hw[..., 0]], dim=-1)
         return torch.minimum(boxes.clamp(min=0), upper)
+
+
+def describe(model: RetinaNet, image_size: tuple[int, int] = (512, 512)) -> list[dict]:
+    """Per-stage shapes for one dummy input: backbone taps, pyramid levels, anchors."""
+    was_training = model.training
+    model.eval()
+    x = torch.zeros(1, model.backbone.in_channels, *image_size)
+    with torch.no_grad():
+        taps = model.backbone(x)
+        levels = model.fpn(taps)
+    model.train(was_training)
+    _, per_level = model.anchor_generator(image_size, [f.shape[-2:] for f in levels], x.device, torch.float32)
+    rows = [{"stage": f"C{i + 3}", "stride": s, "channels": t.shape[1], "shape": tuple(t.shape[-2:])}
+            for i, (t, s) in enumerate(zip(taps, model.backbone.strides))]
+    rows += [{"stage": f"P{i + 3}", "stride": 2 ** (i + 3), "channels": f.shape[1], "shape": tuple(f.shape[-2:]), "anchors": n}
+             for i, (f, n) in enumerate(zip(levels, per_level))]
+    return rows
