@@ -1,0 +1,27 @@
+"""``retinadet export``: weights -> ONNX (onnxruntime, TensorRT, ...) or TorchScript (C++), with a benchmark."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("export")
+@click.option("--weights", required=True, help="Weights to export (a retinadet .pt, or anything `retinadet.load` reads).")
+@click.option("--format", "fmt", type=click.Choice(["onnx", "torchscript"]), default="onnx", show_default=True)
+@click.option("-o", "--output", default=None, help="Output file. [default: beside the weights, .onnx / .torchscript]")
+@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (11+; NonMaxSuppression).")
+@click.option("--imgsz", type=int, default=None, help="Trace and benchmark input size (square, rounded up to 32). "
+              "The exported model accepts any size. [default: the model's min_size]")
+@click.option("--batch", type=int, default=1, show_default=True, help="Trace and benchmark batch (the export accepts any).")
+@click.option("--conf", type=float, default=None, help="Score threshold baked into the graph (default: the model's).")
+@click.option("--iou", type=float, default=None, help="NMS IoU baked into the graph (default: the model's).")
+@click.option("--max-det", type=int, default=None, help="Rows of the padded outputs (default: the model's max_det).")
+@click.option("--input-dtype", type=click.Choice(["float32", "uint8"]), default="float32", show_default=True,
+              help="Image input: float32 in [0, 1] or uint8 0..255.")
+@click.option("--no-bench", is_flag=True, help="Skip the exported-vs-eager benchmark.")
+def command(weights, fmt, output, opset, imgsz, batch, conf, iou, max_det, input_dtype, no_bench) -> None:
+    """Export a model with pre- and post-processing inside: outputs boxes, scores, labels, num_dets."""
+    from retinadet.export.exporter import export
+
+    export(weights, fmt, output, opset=opset, imgsz=imgsz, batch=batch, score_thresh=conf, nms_iou=iou, max_det=max_det,
+           input_dtype=input_dtype, bench=not no_bench, log=click.echo)

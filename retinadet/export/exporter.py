@@ -1,0 +1,349 @@
+"""Export a RetinaNet to ONNX or TorchScript, verify it, and time it against eager PyTorch.
+
+ONNX uses torch's TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``): it
+traces :class:`~retinadet.export.graph.ExportModule`, whose sizes are all read from tensor
+shapes, so the graph has a dynamic batch and dynamic padded height and width, anchors built
+from the feature-map shapes, per-level top-k with k = min(topk, count), and
+``torchvision.ops.nms`` as ONNX ``NonMaxSuppression``. (The dynamo exporter needs every
+data-dependent size, from ``nonzero`` and NMS, declared as unbacked symbols; the traced
+graph is the same computation with none of that.) TorchScript is a ``torch.jit.trace`` of
+the same module; it generalises over sizes for the same reason.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+
+from retinadet.export.errors import ExportError
+from retinadet.export.graph import INPUT_NAMES, OUTPUT_NAMES, ExportModule
+from retinadet.model.detector import RetinaNet
+
+MIN_OPSET = 11  # NonMaxSuppression
+DEFAULT_OPSET = 17
+FORMATS = ("onnx", "torchscript")
+SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript"}
+
+
+def max_opset() -> int:
+    """Highest opset both the TorchScript-based exporter and the installed onnxruntime accept."""
+    try:
+        from torch.onnx._constants import ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET as torch_max
+    except ImportError:  # pragma: no cover - older/newer torch
+        torch_max = 20
+    return int(torch_max)
+
+
+def check_opset(opset: int) -> int:
+    top = max_opset()
+    if opset < MIN_OPSET:
+        raise ExportError(f"opset {opset} is too old: the exported post-processing uses NonMaxSuppression (opset 11+); "
+                          f"use --opset {DEFAULT_OPSET} (supported: {MIN_OPSET}..{top})")
+    if opset > top:
+        raise ExportError(f"opset {opset} is newer than torch's TorchScript-based ONNX exporter supports; "
+                          f"use --opset {top} or lower (supported: {MIN_OPSET}..{top})")
+    return opset
+
+
+def sample_inputs(model: RetinaNet, imgsz: Optional[int] = None, batch: int = 1, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random padded batch [batch, 3, S, S] (S = imgsz rounded up to the stride) and its sizes."""
+    pre = model.cfg.preprocess
+    size = int(imgsz or pre.fixed_size or pre.min_size)
+    d = pre.size_divisible
+    side = int(math.ceil(size / d) * d)
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(batch, model.backbone.in_channels, side, side, generator=g)
+    sizes = torch.tensor([[side, side]] * batch, dtype=torch.int64)
+    return images, sizes
+
+
+def metadata(model: RetinaNet, module: ExportModule, class_names: Sequence[str], category_ids=None,
+             extra: Optional[dict] = None) -> dict[str, str]:
+    try:
+        from importlib.metadata import version
+
+        ours = version("retinadet")
+    except Exception:  # noqa: BLE001 - not installed as a distribution
+        ours = "unknown"
+    meta = {
+        "class_names": list(class_names),
+        "category_ids": list(category_ids) if category_ids is not None else None,
+        "model_config": model.cfg.to_dict(),
+        "score_thresh": module.score_thresh,
+        "nms_iou": module.nms_iou,
+        "max_det": module.max_det,
+        "topk_per_level": module.topk,
+        "input_dtype": module.input_dtype,
+        "inputs": {"images": f"[B, 3, H, W] {module.input_dtype}" + (" in [0, 1]" if module.input_dtype == "float32" else " 0..255")
+                   + f", resized and zero-padded bottom-right, H and W multiples of {model.cfg.preprocess.size_divisible}",
+                   "image_sizes": "[B, 2] int64 (h, w) of each resized image before padding"},
+        "outputs": {"boxes": "[B, max_det, 4] float32 xyxy, resized-image pixels", "scores": "[B, max_det] float32",
+                    "labels": "[B, max_det] int64, -1 = padding", "num_dets": "[B] int64"},
+        "retinadet_version": ours,
+        "torch_version": torch.__version__,
+        "format_version": 1,
+    }
+    meta.update(extra or {})
+    return {f"retinadet.{k}": json.dumps(v) for k, v in meta.items()}
+
+
+def _unsupported(model: RetinaNet, fmt: str, exc: Exception) -> ExportError:
+    name = model.cfg.backbone.name
+    first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+    return ExportError(f"backbone '{name}' cannot be exported to {fmt} ({type(exc).__name__}: {first}); "
+                       "use a backbone whose ops export, e.g. a ResNet (`backbone.name=resnet50`) or the 'fast' preset")
+
+
+def export_onnx(model: RetinaNet, path: str | os.PathLike, class_names: Sequence[str], *, category_ids=None,
+                opset: int = DEFAULT_OPSET, imgsz: Optional[int] = None, batch: int = 1, score_thresh: Optional[float] = None,
+                nms_iou: Optional[float] = None, max_det: Optional[int] = None, input_dtype: str = "float32",
+                verify: bool = True) -> Path:
+    """Write ``path`` (.onnx): normalisation, network, anchors and post-processing in one graph.
+
+    Runs ``onnx.checker`` and, with ``verify``, checks onnxruntime against eager PyTorch at a
+    second input size and batch, so a graph that silently fixed a size is refused."""
+    check_opset(int(opset))
+    try:
+        import onnx
+    except ImportError as exc:
+        raise ExportError("ONNX export needs onnx and onnxscript: pip install 'retinadet[export]'") from exc
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    module = ExportModule(model.cpu().eval(), max_det=max_det, score_thresh=score_thresh, nms_iou=nms_iou,
+                          input_dtype=input_dtype).eval()
+    images, sizes = sample_inputs(model, imgsz, batch)
+    if input_dtype == "uint8":
+        images = (images * 255).round().to(torch.uint8)
+    dyn = {"images": {0: "batch", 2: "height", 3: "width"}, "image_sizes": {0: "batch"}, "boxes": {0: "batch"},
+           "scores": {0: "batch"}, "labels": {0: "batch"}, "num_dets": {0: "batch"}}
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, (images, sizes), str(tmp), input_names=INPUT_NAMES, output_names=OUTPUT_NAMES,
+                              dynamic_axes=dyn, opset_version=int(opset), dynamo=False, do_constant_folding=True)
+    except Exception as exc:  # the exporter raises many types for an op it cannot convert
+        tmp.unlink(missing_ok=True)
+        raise _unsupported(model, f"ONNX opset {opset}", exc) from exc
+    proto = onnx.load(str(tmp))
+    for key, value in metadata(model, module, class_names, category_ids, {"opset": int(opset), "exporter": "torch.onnx.export(dynamo=False)"}).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.producer_name = "retinadet"
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(tmp))
+    os.replace(tmp, path)
+    if verify:
+        try:
+            verify_onnx(module, path, imgsz)
+        except ExportError:
+            path.unlink(missing_ok=True)
+            raise
+    return path
+
+
+def _compare(ref: Sequence[torch.Tensor], got: Sequence[torch.Tensor], atol_box: float = 1e-2, atol_score: float = 1e-4) -> Optional[str]:
+    """None when both give the same detections (counts, labels, scores, boxes), else what differs."""
+    rb, rs, rl, rn = (t.detach().cpu() for t in ref)
+    gb, gs, gl, gn = (t.detach().cpu() for t in got)
+    if not torch.equal(rn.long(), gn.long()):
+        return f"detection counts differ ({rn.tolist()} vs {gn.tolist()})"
+    for i, n in enumerate(rn.tolist()):
+        if not n:
+            continue
+        ds = (rs[i, :n] - gs[i, :n]).abs().max().item()
+        if ds > atol_score:
+            return f"scores differ in image {i} by {ds:.2e}"
+        if torch.equal(rl[i, :n].long(), gl[i, :n].long()):
+            db = (rb[i, :n] - gb[i, :n]).abs().max().item()
+            if db > atol_box:
+                return f"boxes differ in image {i} by {db:.2e} px"
+        elif sorted(rl[i, :n].tolist()) != sorted(gl[i, :n].tolist()):
+            return f"labels differ in image {i}"
+    return None
+
+
+def verify_onnx(module: ExportModule, path: Path, imgsz: Optional[int]) -> None:
+    """onnxruntime vs eager at a different batch and a non-square size than the trace."""
+    import onnxruntime as ort
+
+    model = module.model
+    images, sizes = sample_inputs(model, imgsz, 2, seed=1)
+    d = model.cfg.preprocess.size_divisible
+    images = images[..., : max(d, images.shape[-1] - d)]  # non-square
+    sizes = torch.tensor([[images.shape[-2], images.shape[-1]], [images.shape[-2] - 5, images.shape[-1] - 7]])
+    if module.input_dtype == "uint8":
+        images = (images * 255).round().to(torch.uint8)
+    with torch.no_grad():
+        ref = module(images, sizes)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = [torch.from_numpy(v) for v in sess.run(None, {"images": images.numpy(), "image_sizes": sizes.numpy()})]
+    problem = _compare(ref, got)
+    if problem is not None:
+        raise ExportError(f"the exported ONNX graph does not reproduce PyTorch at input {tuple(images.shape)} ({problem}): "
+                          f"backbone '{model.cfg.backbone.name}' likely fixed a size while tracing; use a ResNet backbone")
+
+
+def export_torchscript(model: RetinaNet, path: str | os.PathLike, class_names: Sequence[str], *, category_ids=None,
+                       imgsz: Optional[int] = None, batch: int = 1, score_thresh: Optional[float] = None,
+                       nms_iou: Optional[float] = None, max_det: Optional[int] = None, input_dtype: str = "float32",
+                       verify: bool = True) -> Path:
+    """Write a traced TorchScript module (same inputs and outputs as the ONNX graph).
+
+    C++: ``auto m = torch::jit::load(path); auto out = m.forward({images, image_sizes}).toTuple();``
+    -> (boxes [B, max_det, 4], scores [B, max_det], labels [B, max_det], num_dets [B]); the
+    metadata JSON is the extra file ``retinadet.json`` (``torch::jit::load(path, device, extra_files)``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    module = ExportModule(model.cpu().eval(), max_det=max_det, score_thresh=score_thresh, nms_iou=nms_iou,
+                          input_dtype=input_dtype).eval()
+    images, sizes = sample_inputs(model, imgsz, batch)
+    if input_dtype == "uint8":
+        images = (images * 255).round().to(torch.uint8)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(module, (images, sizes), check_trace=False)
+    except Exception as exc:  # noqa: BLE001
+        raise _unsupported(model, "TorchScript", exc) from exc
+    meta = {k[len("retinadet."):]: json.loads(v) for k, v in metadata(model, module, class_names, category_ids,
+                                                                        {"exporter": "torch.jit.trace"}).items()}
+    tmp = path.with_name(f".{path.name}.tmp")
+    traced.save(str(tmp), _extra_files={"retinadet.json": json.dumps(meta)})
+    os.replace(tmp, path)
+    if verify:
+        images2, sizes2 = sample_inputs(model, imgsz, 2, seed=1)
+        images2 = images2[..., : max(32, images2.shape[-1] - 32)]
+        sizes2 = torch.tensor([[images2.shape[-2], images2.shape[-1]]] * 2)
+        if input_dtype == "uint8":
+            images2 = (images2 * 255).round().to(torch.uint8)
+        loaded = torch.jit.load(str(path))
+        with torch.no_grad():
+            problem = _compare(module(images2, sizes2), loaded(images2, sizes2))
+        if problem is not None:
+            path.unlink(missing_ok=True)
+            raise ExportError(f"the traced TorchScript module does not reproduce PyTorch at another input size ({problem}); "
+                              f"backbone '{model.cfg.backbone.name}' fixed a size while tracing; use a ResNet backbone")
+    return path
+
+
+def load_torchscript(path: str | os.PathLike) -> tuple[torch.jit.ScriptModule, dict]:
+    """The traced module and its metadata."""
+    extra = {"retinadet.json": ""}
+    module = torch.jit.load(os.fspath(path), map_location="cpu", _extra_files=extra)
+    return module, json.loads(extra["retinadet.json"])
+
+
+# ----------------------------------------------------------------------------- benchmark
+
+
+def _time(fn, repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def benchmark(model: RetinaNet, exported: str | os.PathLike, fmt: str, imgsz: Optional[int] = None, batch: int = 1,
+              repeats: int = 5) -> dict[str, Any]:
+    """Median ms per image of eager PyTorch (normalise + network + postprocess) and of the exported
+    model at the same input, both on this CPU with their default thread counts."""
+    model = model.cpu().eval()
+    images, sizes = sample_inputs(model, imgsz, batch, seed=2)
+
+    def eager():
+        with torch.no_grad():
+            x = model.normalize(images, sizes)
+            c, d, a, pl = model.forward_raw(x)
+            model.postprocess(c, d, a, pl, sizes, x.shape[-2:])
+
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        sess = ort.InferenceSession(os.fspath(exported), providers=["CPUExecutionProvider"])
+        feed = {"images": images.numpy(), "image_sizes": sizes.numpy()}
+        meta = sess.get_modelmeta().custom_metadata_map
+        if json.loads(meta.get("retinadet.input_dtype", '"float32"')) == "uint8":
+            feed["images"] = (images * 255).round().to(torch.uint8).numpy()
+
+        def run():
+            sess.run(None, feed)
+    else:
+        ts, meta = load_torchscript(exported)
+        x = images if meta.get("input_dtype") != "uint8" else (images * 255).round().to(torch.uint8)
+
+        def run():
+            with torch.no_grad():
+                ts(x, sizes)
+
+    eager_s = _time(eager, repeats)
+    run_s = _time(run, repeats)
+    return {"input": list(images.shape), "batch": batch, "eager_ms_per_image": 1000 * eager_s / batch,
+            f"{fmt}_ms_per_image": 1000 * run_s / batch, "speedup": eager_s / run_s, "threads": torch.get_num_threads()}
+
+
+# ----------------------------------------------------------------------------- from a weights spec
+
+
+def default_output(weights: str | os.PathLike, fmt: str) -> Path:
+    p = Path(os.fspath(weights))
+    return p.with_suffix(SUFFIX[fmt]) if p.suffix else p.with_name(p.name + SUFFIX[fmt])
+
+
+def export(weights: Any, fmt: str = "onnx", output: Optional[str | os.PathLike] = None, *, opset: int = DEFAULT_OPSET,
+           imgsz: Optional[int] = None, batch: int = 1, score_thresh: Optional[float] = None, nms_iou: Optional[float] = None,
+           max_det: Optional[int] = None, input_dtype: str = "float32", bench: bool = True, repeats: int = 5,
+           log=print) -> dict[str, Any]:
+    """Export a weights spec (anything ``retinadet.load`` reads) or a Detector; the file goes beside
+    the weights unless ``output`` is given. Returns the path and, with ``bench``, the timings."""
+    from retinadet.detector import Detector
+
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown export format '{fmt}'; use one of {', '.join(FORMATS)}")
+    if fmt == "onnx":
+        check_opset(int(opset))
+    if isinstance(weights, Detector):
+        det = weights
+        if output is None:
+            raise ExportError("exporting a Detector object needs an output path")
+    else:
+        from retinadet.engine.predict import load_detector
+
+        det = load_detector(weights)
+    out = Path(output) if output is not None else default_output(weights, fmt)
+    kwargs = dict(category_ids=det.category_ids, imgsz=imgsz, batch=batch, score_thresh=score_thresh, nms_iou=nms_iou,
+                  max_det=max_det, input_dtype=input_dtype)
+    model = det.model.cpu().eval()
+    if fmt == "onnx":
+        path = export_onnx(model, out, det.class_names, opset=opset, **kwargs)
+    else:
+        path = export_torchscript(model, out, det.class_names, **kwargs)
+    size_mb = path.stat().st_size / 1e6
+    log(f"exported {fmt} to {path} ({size_mb:.1f} MB)")
+    result: dict[str, Any] = {"path": str(path), "format": fmt}
+    if bench:
+        b = benchmark(model, path, fmt, imgsz, batch, repeats)
+        result["benchmark"] = b
+        log(format_benchmark([b], fmt))
+    return result
+
+
+def format_benchmark(rows: Sequence[dict], fmt: str) -> str:
+    lines = [f"{'input':>18} | {'eager ms/img':>12} | {fmt + ' ms/img':>16} | {'speedup':>7}", "-" * 64]
+    for r in rows:
+        lines.append(f"{'x'.join(map(str, r['input'])):>18} | {r['eager_ms_per_image']:12.1f} | "
+                     f"{r[fmt + '_ms_per_image']:16.1f} | {r['speedup']:6.2f}x")
+    lines.append(f"(median of runs, this CPU, torch threads={rows[0]['threads']})")
+    return "\n".join(lines)
