@@ -179,6 +179,13 @@ class Detector:
             out.append(Detections(boxes.cpu(), det["scores"].cpu(), det["labels"].cpu(), self.class_names, orig, name))
         return out
 
+    def explain(self, image, **kw):
+        """Grad-CAM / Grad-CAM++ / EigenCAM heatmaps for this image's detections; see
+        :func:`retinadet.explain.explain` for the options. Returns an ``Explanation``."""
+        from retinadet.explain import explain
+
+        return explain(self, image, **kw)
+
     def val(self, data=None, split=None, **kwargs) -> dict:
         """COCO metrics on a dataset split (default: the val split recorded in the checkpoint);
         see :func:`retinadet.engine.evaluate.evaluate_detector` for the options."""

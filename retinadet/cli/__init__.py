@@ -19,6 +19,7 @@ SUBCOMMANDS = {
     "train": "retinadet.cli.train",
     "val": "retinadet.cli.val",
     "predict": "retinadet.cli.predict",
+    "cam": "retinadet.cli.cam",
     "export": "retinadet.cli.export",
 }
 

@@ -1,0 +1,37 @@
+"""``retinadet cam``: Grad-CAM / Grad-CAM++ / EigenCAM heatmaps for detections."""
+
+from __future__ import annotations
+
+import click
+
+from retinadet.explain.cam import LAYERS, METHODS, TARGETS
+
+
+@click.command("cam")
+@click.option("--weights", required=True, help="Weights (a retinadet .pt, or anything `retinadet.load` reads).")
+@click.option("--source", required=True, help="An image, a folder, a glob, or a .txt file of paths.")
+@click.option("--method", type=click.Choice(METHODS), default="gradcam", show_default=True)
+@click.option("--layer", type=click.Choice(LAYERS), default="fpn", show_default=True,
+              help="fpn: the pyramid level that produced each detection; all-fpn: P3..P7 fused; c3/c4/c5: backbone.")
+@click.option("--topk", type=int, default=5, show_default=True, help="Explain the best K detections per image (0: all).")
+@click.option("--class", "class_name", default=None, help="Only this class's detections.")
+@click.option("--box-index", type=int, default=None, help="Only the detection with this rank (0 = best).")
+@click.option("--target", type=click.Choice(TARGETS), default="cls", show_default=True,
+              help="cls: the detection's class logit; box: the sum of its anchor's box deltas.")
+@click.option("--conf", type=float, default=0.25, show_default=True, help="Score threshold.")
+@click.option("--iou", type=float, default=None, help="NMS IoU (default: the model's).")
+@click.option("--save-npy", is_flag=True, help="Also write each raw heatmap (original pixels) as .npy.")
+@click.option("--device", default=None, help="auto, cpu, cuda[:N], mps.")
+@click.option("--project", default="runs", show_default=True)
+@click.option("--name", default=None, help="Run name under PROJECT/cam. [default: exp]")
+@click.option("--exist-ok", is_flag=True)
+def command(weights, source, method, layer, topk, class_name, box_index, target, conf, iou, save_npy, device, project,
+            name, exist_ok) -> None:
+    """Write one heatmap overlay per explained detection and a grid per image."""
+    from retinadet.engine.predict import list_sources
+    from retinadet.explain.run import run_cam
+
+    list_sources(source)  # a bad source fails before the weights are loaded
+    run_cam(weights, source, method=method, layer=layer, topk=topk, class_name=class_name, box_index=box_index,
+            target=target, conf=conf, iou=iou, save_npy=save_npy, device=device, project=project, name=name,
+            exist_ok=exist_ok, log=click.echo)

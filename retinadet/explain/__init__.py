@@ -1,0 +1,35 @@
+"""Visual explanations of detections: Grad-CAM, Grad-CAM++ and EigenCAM heatmaps.
+
+``Detector.explain(image, ...)`` (or :func:`explain`) returns an :class:`Explanation`;
+``retinadet cam`` writes overlays and grids under ``runs/cam/<name>/``.
+"""
+
+from retinadet.explain.api import Explanation, NoDetectionsError, explain, inference_ms
+from retinadet.explain.cam import (
+    LAYERS,
+    METHODS,
+    TARGETS,
+    ForwardRecord,
+    compute_cams,
+    eigencam,
+    forward_with_maps,
+    gradcam,
+    gradcam_plus_plus,
+    to_original,
+    upsample_to_input,
+)
+from retinadet.explain.selection import Selection, select_detections
+
+__all__ = [
+    "Explanation", "NoDetectionsError", "explain", "inference_ms", "LAYERS", "METHODS", "TARGETS", "ForwardRecord",
+    "compute_cams", "eigencam", "forward_with_maps", "gradcam", "gradcam_plus_plus", "to_original",
+    "upsample_to_input", "Selection", "select_detections", "run_cam",
+]
+
+
+def __getattr__(name):
+    if name == "run_cam":
+        from retinadet.explain.run import run_cam
+
+        return run_cam
+    raise AttributeError(f"module 'retinadet.explain' has no attribute '{name}'")

@@ -1,0 +1,83 @@
+"""``retinadet cam``: explain detections on images and write overlays under runs/cam/<name>/."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from retinadet.errors import RetinadetError
+from retinadet.explain.api import NoDetectionsError, explain
+from retinadet.explain.render import save_png
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "x"
+
+
+def run_cam(weights: Any, source: str | os.PathLike, *, method: str = "gradcam", layer: str = "fpn", topk: Optional[int] = 5,
+            class_name: Optional[str] = None, box_index: Optional[int] = None, target: str = "cls",
+            conf: Optional[float] = 0.25, iou: Optional[float] = None, max_det: Optional[int] = -1,
+            save_npy: bool = False, device: Optional[str] = None, project: str | os.PathLike = "runs",
+            name: Optional[str] = None, exist_ok: bool = False, log: Callable[[str], None] = print) -> dict:
+    """Per image with detections: ``<stem>_det<i>_<class>.png`` per explained detection, ``<stem>_grid.png``,
+    optionally ``<stem>_det<i>.npy`` (raw heatmap, original pixels), and ``cam.json`` for the run.
+
+    Images without detections are reported and skipped; when no image has any, raises
+    :class:`NoDetectionsError` (the CLI exits non-zero) and writes no run folder.
+    """
+    from retinadet.engine.predict import VIDEO_SUFFIXES, _load, list_sources
+    from retinadet.engine.run_dir import increment_run_dir, write_json
+    from retinadet.explain.cam import check_options
+
+    check_options(method, layer, target)
+    files = list_sources(source)
+    if len(files) == 1 and Path(files[0]).suffix.lower() in VIDEO_SUFFIXES:
+        raise RetinadetError(f"{files[0]}: retinadet cam explains images, not videos")
+    detector = _load(weights, device)
+    out: Optional[Path] = None
+    records, skipped = [], []
+    n_det, fwd_ms, bwd_ms = 0, [], []
+    for path in files:
+        try:
+            exp = explain(detector, path, method=method, layer=layer, topk=topk, class_name=class_name,
+                          box_index=box_index, target=target, conf=conf, iou=iou, max_det=max_det)
+        except NoDetectionsError as exc:
+            skipped.append(path)
+            log(f"skipped: {exc}")
+            continue
+        if out is None:
+            out = increment_run_dir(project, "cam", name, exist_ok)
+        stem = _slug(Path(path).stem)
+        for j, (ov, heat) in enumerate(zip(exp.overlays, exp.heatmaps)):
+            rank = int(exp.detection_index[j])
+            cls = _slug(exp.detections.names[j])
+            save_png(ov, out / f"{stem}_det{rank}_{cls}.png")
+            if save_npy:
+                np.save(out / f"{stem}_det{rank}.npy", heat.numpy().astype(np.float32))
+            box = exp.detections.boxes[j].tolist()
+            records.append({"file_name": str(path), "detection": rank, "class_name": exp.detections.names[j],
+                            "score": float(exp.detections.scores[j]), "box_xyxy": box,
+                            "anchor_index": int(exp.anchor_index[j]), "level": f"P{int(exp.level[j]) + 3}",
+                            "overlay": f"{stem}_det{rank}_{cls}.png"})
+        save_png(exp.grid(), out / f"{stem}_grid.png")
+        n_det += len(exp)
+        fwd_ms.append(exp.timing["forward_ms"])
+        bwd_ms.extend(exp.timing["backward_ms"])
+    if out is None:
+        what = "the image" if len(files) == 1 else f"any of the {len(files)} images"
+        thresh = "the model's threshold" if conf is None else f"--conf {conf:g}"
+        raise NoDetectionsError(f"no detections above {thresh} in {what} at {source}; nothing to explain (try a lower --conf)")
+    summary = {"method": method, "layer": layer, "target": target, "conf": conf, "images": len(files) - len(skipped),
+               "skipped": skipped, "detections": records,
+               "forward_ms_mean": float(np.mean(fwd_ms)),
+               "backward_ms_per_detection": float(np.mean(bwd_ms)) if bwd_ms else None}
+    write_json(out / "cam.json", summary)
+    per_det = f", {summary['backward_ms_per_detection']:.1f} ms backward per detection" if bwd_ms else ""
+    log(f"{method} ({layer}, target {target}): {n_det} detection(s) in {summary['images']} image(s); "
+        f"forward {summary['forward_ms_mean']:.1f} ms per image{per_det}")
+    log(f"results saved to {out}")
+    return {"save_dir": str(out), "detections": n_det, "skipped": skipped}
