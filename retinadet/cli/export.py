@@ -19,9 +19,10 @@ import click
 @click.option("--input-dtype", type=click.Choice(["float32", "uint8"]), default="float32", show_default=True,
               help="Image input: float32 in [0, 1] or uint8 0..255.")
 @click.option("--no-bench", is_flag=True, help="Skip the exported-vs-eager benchmark.")
-def command(weights, fmt, output, opset, imgsz, batch, conf, iou, max_det, input_dtype, no_bench) -> None:
+@click.option("--bench-runs", type=int, default=5, show_default=True, help="Timed runs per model (median reported).")
+def command(weights, fmt, output, opset, imgsz, batch, conf, iou, max_det, input_dtype, no_bench, bench_runs) -> None:
     """Export a model with pre- and post-processing inside: outputs boxes, scores, labels, num_dets."""
     from retinadet.export.exporter import export
 
     export(weights, fmt, output, opset=opset, imgsz=imgsz, batch=batch, score_thresh=conf, nms_iou=iou, max_det=max_det,
-           input_dtype=input_dtype, bench=not no_bench, log=click.echo)
+           input_dtype=input_dtype, bench=not no_bench, repeats=max(1, bench_runs), log=click.echo)

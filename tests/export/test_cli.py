@@ -1,0 +1,62 @@
+"""`retinadet export`: files beside the weights or at -o, a benchmark table, metadata."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+from click.testing import CliRunner
+from conftest import CLASS_NAMES
+
+
+def _weights(tmp_path, models):
+    from retinadet.weights.checkpoint import make_checkpoint, save_checkpoint
+
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, make_checkpoint(models("fast"), CLASS_NAMES))
+    return path
+
+
+def test_cli_export_onnx_prints_benchmark(tmp_path, models):
+    import onnx
+    import onnxruntime as ort
+
+    from retinadet.cli import main
+
+    weights = _weights(tmp_path, models)
+    out = tmp_path / "out" / "det.onnx"
+    res = CliRunner().invoke(main, ["export", "--weights", str(weights), "--format", "onnx", "-o", str(out),
+                                    "--imgsz", "96", "--batch", "2", "--opset", "18", "--bench-runs", "2"])
+    assert res.exit_code == 0, res.output
+    assert out.is_file()
+    row = re.search(r"2x3x96x96 \|\s+([\d.]+) \|\s+([\d.]+) \|\s+([\d.]+)x", res.output)
+    assert row, res.output
+    eager_ms, onnx_ms, speedup = map(float, row.groups())
+    assert eager_ms > 0 and onnx_ms > 0 and abs(speedup - eager_ms / onnx_ms) < 0.02 * speedup + 0.01
+    proto = onnx.load(str(out))
+    assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) == 18
+    meta = {p.key: json.loads(p.value) for p in proto.metadata_props}
+    assert meta["retinadet.class_names"] == CLASS_NAMES and meta["retinadet.opset"] == 18
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    num = sess.run(None, {"images": np.random.default_rng(0).random((3, 3, 64, 128), dtype=np.float32),
+                          "image_sizes": np.array([[64, 128]] * 3)})[3]
+    assert num.shape == (3,)
+
+
+def test_cli_export_torchscript_beside_weights(tmp_path, models):
+    import torch
+
+    from retinadet.cli import main
+    from retinadet.export.exporter import load_torchscript
+
+    weights = _weights(tmp_path, models)
+    res = CliRunner().invoke(main, ["export", "--weights", str(weights), "--format", "torchscript", "--imgsz", "64",
+                                    "--no-bench", "--max-det", "7"])
+    assert res.exit_code == 0, res.output
+    path = tmp_path / "model.torchscript"
+    assert path.is_file() and "ms/img" not in res.output
+    ts, meta = load_torchscript(path)
+    assert meta["class_names"] == CLASS_NAMES and meta["max_det"] == 7
+    boxes, scores, labels, num = ts(torch.rand(1, 3, 96, 128), torch.tensor([[96, 128]]))
+    assert boxes.shape == (1, 7, 4) and int(num[0]) <= 7
