@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from retinadet.explain.cam import LAYERS, METHODS, TARGETS
+from retinadet.explain.cam import LAYERS, METHODS, NORM_STATS, TARGETS
 
 
 @click.command("cam")
@@ -20,12 +20,14 @@ from retinadet.explain.cam import LAYERS, METHODS, TARGETS
               help="cls: the detection's class logit; box: the sum of its anchor's box deltas.")
 @click.option("--conf", type=float, default=0.25, show_default=True, help="Score threshold.")
 @click.option("--iou", type=float, default=None, help="NMS IoU (default: the model's).")
+@click.option("--norm-stats", type=click.Choice(NORM_STATS), default="detach", show_default=True,
+              help="detach: back-propagate through GroupNorm with constant statistics (localises on GN heads); exact: true gradient.")
 @click.option("--save-npy", is_flag=True, help="Also write each raw heatmap (original pixels) as .npy.")
 @click.option("--device", default=None, help="auto, cpu, cuda[:N], mps.")
 @click.option("--project", default="runs", show_default=True)
 @click.option("--name", default=None, help="Run name under PROJECT/cam. [default: exp]")
 @click.option("--exist-ok", is_flag=True)
-def command(weights, source, method, layer, topk, class_name, box_index, target, conf, iou, save_npy, device, project,
+def command(weights, source, method, layer, topk, class_name, box_index, target, conf, iou, norm_stats, save_npy, device, project,
             name, exist_ok) -> None:
     """Write one heatmap overlay per explained detection and a grid per image."""
     from retinadet.engine.predict import list_sources
@@ -33,5 +35,5 @@ def command(weights, source, method, layer, topk, class_name, box_index, target,
 
     list_sources(source)  # a bad source fails before the weights are loaded
     run_cam(weights, source, method=method, layer=layer, topk=topk, class_name=class_name, box_index=box_index,
-            target=target, conf=conf, iou=iou, save_npy=save_npy, device=device, project=project, name=name,
+            target=target, conf=conf, iou=iou, norm_stats=norm_stats, save_npy=save_npy, device=device, project=project, name=name,
             exist_ok=exist_ok, log=click.echo)

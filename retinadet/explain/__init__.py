@@ -8,6 +8,7 @@ from retinadet.explain.api import Explanation, NoDetectionsError, explain, infer
 from retinadet.explain.cam import (
     LAYERS,
     METHODS,
+    NORM_STATS,
     TARGETS,
     ForwardRecord,
     compute_cams,
@@ -15,14 +16,15 @@ from retinadet.explain.cam import (
     forward_with_maps,
     gradcam,
     gradcam_plus_plus,
+    norm_stats_mode,
     to_original,
     upsample_to_input,
 )
 from retinadet.explain.selection import Selection, select_detections
 
 __all__ = [
-    "Explanation", "NoDetectionsError", "explain", "inference_ms", "LAYERS", "METHODS", "TARGETS", "ForwardRecord",
-    "compute_cams", "eigencam", "forward_with_maps", "gradcam", "gradcam_plus_plus", "to_original",
+    "Explanation", "NoDetectionsError", "explain", "inference_ms", "LAYERS", "METHODS", "NORM_STATS", "TARGETS", "ForwardRecord",
+    "compute_cams", "eigencam", "forward_with_maps", "gradcam", "gradcam_plus_plus", "norm_stats_mode", "to_original",
     "upsample_to_input", "Selection", "select_detections", "run_cam",
 ]
 

@@ -42,6 +42,7 @@ class Explanation:
     method: str
     layer: str
     target: str
+    norm_stats: str
     timing: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -86,24 +87,27 @@ def explain(
     iou: Optional[float] = None,
     max_det: Optional[int] = -1,
     alpha: float = 0.5,
+    norm_stats: str = "detach",
 ) -> Explanation:
     """Heatmaps for ``detector``'s detections on ``image`` (path, PIL, numpy or tensor).
 
     Which detections: ``box_index`` (one, by rank), else those of ``class_name``, capped
     at the best ``topk`` (None or 0: all). Raises :class:`NoDetectionsError` when nothing
-    is left to explain.
+    is left to explain. ``norm_stats``: "detach" (default) back-propagates through
+    GroupNorm with constant statistics, "exact" uses the true gradient (see
+    :mod:`retinadet.explain.cam`).
     """
     from retinadet.detector import Detections, to_image_tensor
     from retinadet.model.preprocess import boxes_to_original, preprocess_batch
 
-    check_options(method, layer, target)
+    check_options(method, layer, target, norm_stats)
     tensor, name = to_image_tensor(image)
     model = detector.model
     was_training = model.training
     model.eval()
     try:
         batch, sizes = preprocess_batch([tensor], detector.cfg.preprocess, detector.device)
-        record = forward_with_maps(model, batch)
+        record = forward_with_maps(model, batch, norm_stats)
         sel = select_detections(model, record.cls_logits.detach().float(), record.box_deltas.detach().float(),
                                 record.anchors, record.per_level, sizes, batch.shape[-2:], score_thresh=conf,
                                 nms_iou=iou, max_det=max_det)[0]
@@ -132,7 +136,7 @@ def explain(
     overlays = [overlay(tensor, h, box, t, alpha=alpha) for h, box, t in zip(heat, chosen_dets.boxes.tolist(), texts)]
     timing = {"forward_ms": record.forward_ms, "backward_ms": cams.backward_ms}
     return Explanation(tensor, chosen_dets, all_dets, heat, overlays, idx.cpu(), chosen.anchor_index.cpu(),
-                       chosen.level.cpu(), method, layer, target, timing)
+                       chosen.level.cpu(), method, layer, target, norm_stats, timing)
 
 
 def inference_ms(detector, image, repeats: int = 3) -> float:

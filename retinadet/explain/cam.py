@@ -14,27 +14,41 @@ Map choice (``layer``):
   other levels get gradient only through the top-down pathway, i.e. none: the head is
   applied per level, so in practice this equals ``fpn``; it is useful with ``eigencam``.
 - ``c3`` / ``c4`` / ``c5``: a backbone stage (gradients pass back through the FPN).
+
+Normalisation statistics (``norm_stats``): a GroupNorm head subtracts each group's mean over
+the whole map, so the gradient of one anchor's logit sums to zero over space within every
+group, and Grad-CAM's channel weights (spatial means of that gradient) collapse to the small
+remainder: on a GN-head model the maps came out all-zero or off the object (measured in
+``tests/explain``). With ``norm_stats="detach"`` (default) the GroupNorm means and variances
+are treated as constants in the backward pass only (forward values are exactly the model's);
+the gradient then measures the local dependence of the detection on the map, and Grad-CAM
+localises. ``"exact"`` keeps the true gradient. Models without GroupNorm are unaffected.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
+import types
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from retinadet.errors import ConfigError
 
 METHODS = ("gradcam", "gradcam++", "eigencam")
 LAYERS = ("fpn", "all-fpn", "c3", "c4", "c5")
 TARGETS = ("cls", "box")
+NORM_STATS = ("detach", "exact")
 BACKBONE_STRIDES = (8, 16, 32)
 
 
-def check_options(method: str, layer: str, target: str) -> None:
+def check_options(method: str, layer: str, target: str, norm_stats: str = "detach") -> None:
+    if norm_stats not in NORM_STATS:
+        raise ConfigError(f"unknown norm_stats '{norm_stats}' (use one of: {', '.join(NORM_STATS)})")
     if method not in METHODS:
         raise ConfigError(f"unknown CAM method '{method}' (use one of: {', '.join(METHODS)})")
     if layer not in LAYERS:
@@ -57,8 +71,41 @@ class ForwardRecord:
     forward_ms: float = 0.0
 
 
-def forward_with_maps(model, batch: Tensor) -> ForwardRecord:
-    """``model.forward_raw(batch)`` with autograd on, recording backbone and FPN outputs."""
+def _group_norm_detached_stats(self: nn.GroupNorm, x: Tensor) -> Tensor:
+    """GroupNorm whose output equals ``F.group_norm`` exactly, but whose backward treats the
+    group mean and variance as constants."""
+    exact = F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+    n = x.shape[0]
+    xr = x.reshape(n, self.num_groups, -1)
+    mean = xr.mean(dim=-1, keepdim=True).detach()
+    var = xr.var(dim=-1, unbiased=False, keepdim=True).detach()
+    lin = ((xr - mean) / torch.sqrt(var + self.eps)).reshape(x.shape)
+    if self.affine:
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        lin = lin * self.weight.view(shape) + self.bias.view(shape)
+    return exact.detach() + (lin - lin.detach())
+
+
+@contextlib.contextmanager
+def norm_stats_mode(model: nn.Module, mode: str):
+    """Within the block, the model's GroupNorm layers back-propagate with constant
+    statistics when ``mode == "detach"``; ``"exact"`` changes nothing."""
+    patched = []
+    if mode == "detach":
+        for m in model.modules():
+            if isinstance(m, nn.GroupNorm) and "forward" not in m.__dict__:
+                m.forward = types.MethodType(_group_norm_detached_stats, m)
+                patched.append(m)
+    try:
+        yield
+    finally:
+        for m in patched:
+            del m.forward
+
+
+def forward_with_maps(model, batch: Tensor, norm_stats: str = "detach") -> ForwardRecord:
+    """``model.forward_raw(batch)`` with autograd on, recording backbone and FPN outputs
+    (``norm_stats``: see the module docstring)."""
     store: dict[str, list[Tensor]] = {}
     hooks = [
         model.backbone.register_forward_hook(lambda m, i, o: store.__setitem__("backbone", list(o))),
@@ -66,7 +113,7 @@ def forward_with_maps(model, batch: Tensor) -> ForwardRecord:
     ]
     t0 = time.perf_counter()
     try:
-        with torch.enable_grad():
+        with torch.enable_grad(), norm_stats_mode(model, norm_stats):
             # The input asks for gradients so every map does, even under frozen weights.
             x = batch.detach().requires_grad_(True)
             cls_logits, box_deltas, anchors, per_level = model.forward_raw(x)

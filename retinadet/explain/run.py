@@ -21,7 +21,7 @@ def _slug(text: str) -> str:
 def run_cam(weights: Any, source: str | os.PathLike, *, method: str = "gradcam", layer: str = "fpn", topk: Optional[int] = 5,
             class_name: Optional[str] = None, box_index: Optional[int] = None, target: str = "cls",
             conf: Optional[float] = 0.25, iou: Optional[float] = None, max_det: Optional[int] = -1,
-            save_npy: bool = False, device: Optional[str] = None, project: str | os.PathLike = "runs",
+            norm_stats: str = "detach", save_npy: bool = False, device: Optional[str] = None, project: str | os.PathLike = "runs",
             name: Optional[str] = None, exist_ok: bool = False, log: Callable[[str], None] = print) -> dict:
     """Per image with detections: ``<stem>_det<i>_<class>.png`` per explained detection, ``<stem>_grid.png``,
     optionally ``<stem>_det<i>.npy`` (raw heatmap, original pixels), and ``cam.json`` for the run.
@@ -33,7 +33,7 @@ def run_cam(weights: Any, source: str | os.PathLike, *, method: str = "gradcam",
     from retinadet.engine.run_dir import increment_run_dir, write_json
     from retinadet.explain.cam import check_options
 
-    check_options(method, layer, target)
+    check_options(method, layer, target, norm_stats)
     files = list_sources(source)
     if len(files) == 1 and Path(files[0]).suffix.lower() in VIDEO_SUFFIXES:
         raise RetinadetError(f"{files[0]}: retinadet cam explains images, not videos")
@@ -44,7 +44,8 @@ def run_cam(weights: Any, source: str | os.PathLike, *, method: str = "gradcam",
     for path in files:
         try:
             exp = explain(detector, path, method=method, layer=layer, topk=topk, class_name=class_name,
-                          box_index=box_index, target=target, conf=conf, iou=iou, max_det=max_det)
+                          box_index=box_index, target=target, conf=conf, iou=iou, max_det=max_det,
+                          norm_stats=norm_stats)
         except NoDetectionsError as exc:
             skipped.append(path)
             log(f"skipped: {exc}")
@@ -71,7 +72,7 @@ def run_cam(weights: Any, source: str | os.PathLike, *, method: str = "gradcam",
         what = "the image" if len(files) == 1 else f"any of the {len(files)} images"
         thresh = "the model's threshold" if conf is None else f"--conf {conf:g}"
         raise NoDetectionsError(f"no detections above {thresh} in {what} at {source}; nothing to explain (try a lower --conf)")
-    summary = {"method": method, "layer": layer, "target": target, "conf": conf, "images": len(files) - len(skipped),
+    summary = {"method": method, "layer": layer, "target": target, "norm_stats": norm_stats, "conf": conf, "images": len(files) - len(skipped),
                "skipped": skipped, "detections": records,
                "forward_ms_mean": float(np.mean(fwd_ms)),
                "backward_ms_per_detection": float(np.mean(bwd_ms)) if bwd_ms else None}
