@@ -43,6 +43,12 @@ def _int(t: Tensor):
     return t if _tracing() else int(t)
 
 
+def _int_min(t: Tensor, bound: int) -> Tensor:
+    """min(t, bound) for int64 tensors; Where, not Clip/Min (int64 Clip/Min need opset 12+)."""
+    b = torch.tensor(bound, dtype=t.dtype)
+    return torch.where(t > b, b, t)
+
+
 class ExportModule(nn.Module):
     def __init__(self, model: RetinaNet, max_det: Optional[int] = None, score_thresh: Optional[float] = None,
                  nms_iou: Optional[float] = None, input_dtype: str = "float32"):
@@ -125,7 +131,7 @@ class ExportModule(nn.Module):
             scores = torch.sigmoid(lg.float()).reshape(lg.shape[0], -1)  # [B, n*K]
             count = torch._shape_as_tensor(scores)[1]
             if self.topk is not None:
-                kk = torch.clamp(count, max=int(self.topk))
+                kk = _int_min(count, int(self.topk))
                 top_scores, top_idx = scores.topk(_int(kk), dim=1)
             else:
                 kk = count
@@ -171,6 +177,6 @@ class ExportModule(nn.Module):
         out_boxes = torch.zeros(_int(rows), 4).scatter(0, dst[:, None].expand(-1, 4), boxes[src])
         out_scores = torch.zeros(_int(rows)).scatter(0, dst, scores[src])
         out_labels = torch.full((_int(rows),), -1, dtype=torch.int64).scatter(0, dst, labels[src])
-        num_dets = torch.clamp(counts, max=self.max_det)
+        num_dets = _int_min(counts, self.max_det)
         return (out_boxes.reshape(-1, self.max_det, 4), out_scores.reshape(-1, self.max_det),
                 out_labels.reshape(-1, self.max_det), num_dets)

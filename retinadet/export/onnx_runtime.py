@@ -393,3 +393,41 @@ def predict_onnx(weights: Any, source: str | os.PathLike, *, conf: Optional[floa
     log(f"{images} image(s): {summary}")
     log(f"results saved to {out}")
     return {"save_dir": str(out), "images": images, "counts": dict(counts), "detections": len(records)}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m retinadet.export.onnx_runtime --weights M.onnx --source S``: the predict command
+    for machines with onnxruntime but no torch (the options of ``retinadet predict``)."""
+    import argparse
+    import sys
+
+    from retinadet.errors import RetinadetError
+
+    ap = argparse.ArgumentParser(prog="python -m retinadet.export.onnx_runtime", description=main.__doc__.splitlines()[0])
+    ap.add_argument("--weights", required=True, help="an exported .onnx model")
+    ap.add_argument("--source", required=True, help="an image, a folder, a glob or a .txt list of paths")
+    ap.add_argument("--conf", type=float, default=0.25)
+    ap.add_argument("--iou", type=float, default=None)
+    ap.add_argument("--max-det", type=int, default=None)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--imgsz", type=int, default=None)
+    ap.add_argument("--save-txt", action="store_true")
+    ap.add_argument("--save-csv", action="store_true")
+    ap.add_argument("--nosave", action="store_true")
+    ap.add_argument("--project", default="runs")
+    ap.add_argument("--name", default=None)
+    ap.add_argument("--exist-ok", action="store_true")
+    args = ap.parse_args(argv)
+    try:
+        predict_onnx(args.weights, args.source, conf=args.conf, iou=args.iou,
+                     max_det=-1 if args.max_det is None else args.max_det, batch=args.batch, imgsz=args.imgsz,
+                     save=not args.nosave, save_txt=args.save_txt, save_csv=args.save_csv, project=args.project,
+                     name=args.name, exist_ok=args.exist_ok, progress=False)
+    except RetinadetError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

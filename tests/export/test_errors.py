@@ -92,3 +92,27 @@ def test_cli_opset_error_is_one_line(tmp_path, models):
     res = CliRunner().invoke(main, ["export", "--weights", str(weights), "--opset", "10"])
     assert res.exit_code == 2
     assert "Error: opset 10 is too old" in res.output and "Traceback" not in res.output
+
+
+def test_oldest_opset_with_uint8_input(models, tmp_path):
+    """Opset 11 (the minimum) and a uint8 input export, load in onnxruntime and match eager
+    (export_onnx verifies at a second batch and non-square size)."""
+    import onnxruntime as ort
+
+    from retinadet.export.exporter import export_onnx
+    from retinadet.export.graph import ExportModule
+
+    model = models("fast")
+    path = export_onnx(model, tmp_path / "m.onnx", CLASS_NAMES, opset=11, imgsz=64, input_dtype="uint8")
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert sess.get_inputs()[0].type == "tensor(uint8)"
+    images = torch.randint(0, 256, (1, 3, 96, 64), dtype=torch.uint8)
+    sizes = torch.tensor([[90, 60]])
+    got = sess.run(None, {"images": images.numpy(), "image_sizes": sizes.numpy()})
+    with torch.no_grad():
+        ref = ExportModule(model, input_dtype="uint8")(images, sizes)
+    n = int(ref[3][0])
+    assert int(got[3][0]) == n > 0
+    assert np.array_equal(got[2][0, :n], ref[2][0, :n].numpy())
+    assert np.abs(got[1][0, :n] - ref[1][0, :n].numpy()).max() < 1e-4
+    assert np.abs(got[0][0, :n] - ref[0][0, :n].numpy()).max() < 1e-2

@@ -35,10 +35,12 @@ BLOCKED_RUN = textwrap.dedent("""
 
     import retinadet
     import retinadet.export
-    from retinadet.export.onnx_runtime import predict_onnx
+    from retinadet.export.onnx_runtime import main
 
     weights, source, project = sys.argv[1:4]
-    predict_onnx(weights, source, conf=0.05, batch=2, project=project, name="onnx", exist_ok=True, progress=False)
+    rc = main(["--weights", weights, "--source", source, "--conf", "0.05", "--batch", "2", "--project", project,
+               "--name", "onnx", "--exist-ok"])
+    assert rc == 0, rc
     loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision"))
     assert not loaded, loaded
     print("TORCH-FREE OK")
