@@ -117,17 +117,17 @@ def make_runners(size, batch, modes):
 
 
 def _peak_child(args, index, queue):
-    """Peak RSS growth of one inference and one training step, for one model alone."""
+    """Peak resident memory of a process holding one model, after an inference and after a
+    training step (absolute, so it includes the same Python/torch baseline for every model)."""
     torch.set_num_threads(args.threads)
     mode = (["tv"] + list(args.modes))[index]
     model = build_torchvision(args.size) if mode == "tv" else build_ours(args.size)
     runner = make_runner(mode, model, args.size, args.batch)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     runner.infer()
     infer_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     runner.train_step()
     train_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    queue.put((index, (infer_peak - base) / 1024, (train_peak - base) / 1024))
+    queue.put((index, infer_peak / 1024, train_peak / 1024))
 
 
 def main():
@@ -173,7 +173,7 @@ def main():
     b_tr = args.batch / statistics.median(train_t[base])
     print(f"\nRetinaNet ResNet-50 FPN, {args.size}x{args.size}, batch {args.batch}, {args.threads} threads, "
           f"median of {args.rounds} rounds, torch {torch.__version__}, cpu capability {torch.backends.cpu.get_cpu_capability()}")
-    print(f"| model | inference img/s | ratio | train step img/s | ratio | peak MB (infer / train) |")
+    print(f"| model | inference img/s | ratio | train step img/s | ratio | peak RSS MB (infer / train) |")
     print("|---|---|---|---|---|---|")
     for r in runners:
         inf = args.batch / statistics.median(infer_t[r.name])
