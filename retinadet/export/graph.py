@@ -152,11 +152,14 @@ class ExportModule(nn.Module):
         scores = torch.cat(parts_scores)
         labels = torch.cat(parts_labels)
 
-        # Class-aware NMS over the whole batch: (image, class) groups kept apart by offsets
-        # larger than any clipped coordinate (exports to ONNX NonMaxSuppression).
+        # Class-aware NMS over the whole batch (exports to ONNX NonMaxSuppression): each
+        # (image, class) group is moved to its own cell, x by class and y by image, with cells
+        # larger than any clipped coordinate. Two axes keep offsets (and float32 rounding of
+        # the shifted coordinates) small: max(K, B) cells instead of B * K along one axis.
         span = image_hw.max().to(boxes.dtype) + 1.0
-        offsets = (img_idx * k + labels).to(boxes.dtype) * span
-        keep = nms(boxes + offsets[:, None], scores, self.nms_iou)  # best first
+        ox = labels.to(boxes.dtype) * span
+        oy = img_idx.to(boxes.dtype) * span
+        keep = nms(boxes + torch.stack([ox, oy, ox, oy], dim=1), scores, self.nms_iou)  # best first
 
         # Group by image keeping score order (unique sort keys, so any sort is stable), rank
         # within each image, and scatter the first max_det of each image into padded rows.
