@@ -122,6 +122,12 @@ def predict(weights: Any, source: str | os.PathLike, *, conf: Optional[float] = 
             amp: Any = False, save: bool = True, save_txt: bool = False, save_csv: bool = False, project: str = "runs",
             name: Optional[str] = None, exist_ok: bool = False, progress: bool = True, log=print) -> dict[str, Any]:
     """Run a detector (a weights spec or a :class:`Detector`) on ``source``; returns counts and the output folder."""
+    if isinstance(weights, (str, os.PathLike)) and os.fspath(weights).lower().endswith(".onnx"):
+        from retinadet.export.onnx_runtime import predict_onnx
+
+        return predict_onnx(weights, source, conf=conf, iou=iou, max_det=max_det, batch=batch, imgsz=imgsz, save=save,
+                            save_txt=save_txt, save_csv=save_csv, project=project, name=name, exist_ok=exist_ok,
+                            progress=progress, log=log)
     from tqdm import tqdm
 
     from retinadet.detector import Detector, resolve_device

@@ -60,3 +60,32 @@ def test_cli_export_torchscript_beside_weights(tmp_path, models):
     assert meta["class_names"] == CLASS_NAMES and meta["max_det"] == 7
     boxes, scores, labels, num = ts(torch.rand(1, 3, 96, 128), torch.tensor([[96, 128]]))
     assert boxes.shape == (1, 7, 4) and int(num[0]) <= 7
+
+
+def test_cli_predict_with_onnx_weights_matches_pt(tmp_path, models):
+    from PIL import Image
+
+    from retinadet.cli import main
+
+    weights = _weights(tmp_path, models)
+    onnx_path = tmp_path / "model.onnx"
+    res = CliRunner().invoke(main, ["export", "--weights", str(weights), "--format", "onnx", "-o", str(onnx_path),
+                                    "--imgsz", "96", "--no-bench"])
+    assert res.exit_code == 0, res.output
+    src = tmp_path / "images"
+    src.mkdir()
+    rng = np.random.default_rng(1)
+    for i, (h, w) in enumerate([(120, 160), (90, 200)]):
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(src / f"img{i}.png")
+    outputs = {}
+    for kind, path in [("pt", weights), ("onnx", onnx_path)]:
+        res = CliRunner().invoke(main, ["predict", "--weights", str(path), "--source", str(src), "--conf", "0.05",
+                                        "--device", "cpu", "--project", str(tmp_path), "--name", kind])
+        assert res.exit_code == 0, res.output
+        outputs[kind] = json.loads((tmp_path / "predict" / kind / "predictions.json").read_text())
+    assert len(outputs["pt"]) == len(outputs["onnx"]) > 0
+    key = lambda r: (r["file_name"], r["category_id"], round(r["score"], 3))  # noqa: E731
+    for a, b in zip(sorted(outputs["pt"], key=key), sorted(outputs["onnx"], key=key)):
+        assert a["file_name"] == b["file_name"] and a["category_id"] == b["category_id"]
+        assert abs(a["score"] - b["score"]) < 1e-3
+        np.testing.assert_allclose(a["bbox"], b["bbox"], atol=0.05)
