@@ -13,7 +13,7 @@ import torch
 
 from retinadet.errors import DataError
 
-VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
+from retinadet.engine.sources import VIDEO_SUFFIXES, list_sources as _list_sources
 
 
 @dataclass
@@ -25,36 +25,7 @@ class Frame:
 
 def list_sources(source: str | os.PathLike) -> list[str]:
     """Image paths (or one video) from an image, a folder, a glob, or a text file of paths."""
-    from retinadet.data.images import is_image_file
-
-    s = os.fspath(source)
-    p = Path(s)
-    if p.is_dir():
-        files = sorted(str(f) for f in p.iterdir() if f.is_file() and is_image_file(f))
-        where = f"folder {s}"
-    elif p.is_file() and p.suffix.lower() == ".txt":
-        lines = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip() and not ln.startswith("#")]
-        base = p.parent
-        files = [str(f if Path(f).is_absolute() else base / f) for f in lines]
-        missing = [f for f in files if not Path(f).is_file()]
-        if missing:
-            raise DataError(f"{s}: {len(missing)} listed path(s) do not exist (first: {missing[0]})")
-        where = f"path list {s}"
-    elif p.is_file():
-        if p.suffix.lower() in VIDEO_SUFFIXES:
-            video_backend(s)  # fail now, with a clear message, if nothing can decode it
-            return [s]
-        if not is_image_file(p):
-            raise DataError(f"{s}: not an image or video file (by its extension)")
-        return [s]
-    elif any(c in s for c in "*?["):
-        files = sorted(f for f in glob.glob(s, recursive=True) if Path(f).is_file() and is_image_file(f))
-        where = f"glob {s}"
-    else:
-        raise DataError(f"{s}: source not found (expected an image, a folder, a glob, a .txt list of paths, or a video)")
-    if not files:
-        raise DataError(f"no images found at {where}")
-    return files
+    return _list_sources(source, video=video_backend)
 
 
 def video_backend(path: str) -> str:

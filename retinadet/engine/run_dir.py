@@ -10,8 +10,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-import yaml
-
 
 def increment_run_dir(project: str | os.PathLike, task: str, name: Optional[str] = None, exist_ok: bool = False) -> Path:
     """``project/task/name``; when it exists and not ``exist_ok``: ``name2``, ``name3``, ... (created)."""
@@ -52,6 +50,8 @@ def write_json(path: str | os.PathLike, data: Any) -> Path:
 
 
 def write_yaml(path: str | os.PathLike, data: Any) -> Path:
+    import yaml  # here, so the torch-free ONNX runner can use this module without pyyaml
+
     return atomic_write_text(path, yaml.safe_dump(_plain(data), sort_keys=False))
 
 

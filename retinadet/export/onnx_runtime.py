@@ -23,12 +23,12 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from retinadet.engine.run_dir import atomic_write_text, increment_run_dir
+from retinadet.engine.sources import IMAGE_EXTENSIONS, VIDEO_SUFFIXES, list_sources
 from retinadet.errors import DataError
 from retinadet.export.errors import ExportError
 
 META_PREFIX = "retinadet."
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
-VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
 
 
 @dataclass
@@ -276,61 +276,6 @@ def save_image(image: np.ndarray, path: str | os.PathLike) -> Path:
 # ----------------------------------------------------------------------------- predict
 
 
-def list_sources(source: str | os.PathLike) -> list[str]:
-    """Image paths from an image, a folder, a glob or a .txt list (as ``retinadet predict``)."""
-    s = os.fspath(source)
-    p = Path(s)
-    is_image = lambda f: str(f).lower().endswith(IMAGE_EXTENSIONS)  # noqa: E731
-    if p.is_dir():
-        files = sorted(str(f) for f in p.iterdir() if f.is_file() and is_image(f))
-        where = f"folder {s}"
-    elif p.is_file() and p.suffix.lower() == ".txt":
-        lines = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip() and not ln.startswith("#")]
-        files = [str(f if Path(f).is_absolute() else p.parent / f) for f in lines]
-        missing = [f for f in files if not Path(f).is_file()]
-        if missing:
-            raise DataError(f"{s}: {len(missing)} listed path(s) do not exist (first: {missing[0]})")
-        where = f"path list {s}"
-    elif p.is_file():
-        if p.suffix.lower() in VIDEO_SUFFIXES:
-            raise DataError(f"{s}: video sources are not supported with .onnx weights (the torch-free runner reads images); "
-                            "extract frames first, or predict with the .pt weights")
-        if not is_image(p):
-            raise DataError(f"{s}: not an image file (by its extension)")
-        return [s]
-    elif any(c in s for c in "*?["):
-        files = sorted(f for f in glob.glob(s, recursive=True) if Path(f).is_file() and is_image(f))
-        where = f"glob {s}"
-    else:
-        raise DataError(f"{s}: source not found (expected an image, a folder, a glob or a .txt list of paths)")
-    if not files:
-        raise DataError(f"no images found at {where}")
-    return files
-
-
-def _run_dir(project, name, exist_ok) -> Path:
-    base = Path(project) / "predict"
-    name = name or "exp"
-    path = base / name
-    if exist_ok:
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-    n = 2
-    while True:
-        try:
-            path.mkdir(parents=True, exist_ok=False)
-            return path
-        except FileExistsError:
-            path = base / f"{name}{n}"
-            n += 1
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def predict_onnx(weights: Any, source: str | os.PathLike, *, conf: Optional[float] = 0.25, iou: Optional[float] = None,
                  max_det: Optional[int] = -1, batch: int = 4, imgsz: Optional[int] = None, save: bool = True,
                  save_txt: bool = False, save_csv: bool = False, project: str = "runs", name: Optional[str] = None,
@@ -340,7 +285,7 @@ def predict_onnx(weights: Any, source: str | os.PathLike, *, conf: Optional[floa
     det = weights if isinstance(weights, OnnxDetector) else OnnxDetector(weights)
     if imgsz:
         det.preprocess_cfg["min_size"] = det.preprocess_cfg["max_size"] = int(imgsz)
-    out = _run_dir(project, name, exist_ok)
+    out = increment_run_dir(project, "predict", name, exist_ok)
     if save_txt:
         (out / "labels").mkdir(exist_ok=True)
     try:
@@ -373,13 +318,13 @@ def predict_onnx(weights: Any, source: str | os.PathLike, *, conf: Optional[floa
                 h, w = r.image_size
                 lines = [f"{lab} {((x1 + x2) / 2) / w:.6f} {((y1 + y2) / 2) / h:.6f} {(x2 - x1) / w:.6f} {(y2 - y1) / h:.6f} {s:.5f}"
                          for (x1, y1, x2, y2), s, lab in zip(r.boxes.tolist(), r.scores.tolist(), r.labels.tolist())]
-                _write_text(out / "labels" / (Path(fname).stem + ".txt"), "\n".join(lines) + ("\n" if lines else ""))
+                atomic_write_text(out / "labels" / (Path(fname).stem + ".txt"), "\n".join(lines) + ("\n" if lines else ""))
         images += len(chunk)
         if bar is not None:
             bar.update(len(chunk))
     if bar is not None:
         bar.close()
-    _write_text(out / "predictions.json", json.dumps(records, indent=2) + "\n")
+    atomic_write_text(out / "predictions.json", json.dumps(records, indent=2) + "\n")
     if save_csv:
         import csv
         import io
@@ -388,7 +333,7 @@ def predict_onnx(weights: Any, source: str | os.PathLike, *, conf: Optional[floa
         writer = csv.writer(buf)
         writer.writerow(["file_name", "class_name", "category_id", "score", "x1", "y1", "x2", "y2"])
         writer.writerows(csv_rows)
-        _write_text(out / "predictions.csv", buf.getvalue())
+        atomic_write_text(out / "predictions.csv", buf.getvalue())
     summary = ", ".join(f"{n} {c}" for c, n in sorted(counts.items(), key=lambda kv: -kv[1])) or "no detections"
     log(f"{images} image(s): {summary}")
     log(f"results saved to {out}")

@@ -7,7 +7,7 @@ import math
 import pytest
 from click.testing import CliRunner
 
-from conftest import write_coco, write_image
+from data_support import write_coco, write_image
 from retinadet.cli.data import command as data_command
 
 

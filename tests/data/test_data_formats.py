@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import make_roboflow, write_coco, write_image
+from data_support import make_roboflow, write_coco, write_image
 from retinadet.data.convert import write_dataset
 from retinadet.data.detect import load_dataset, load_splits
 from retinadet.data.formats.coco import coco_api, to_coco_dict

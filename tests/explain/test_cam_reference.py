@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import slim_model
+from explain_support import slim_model
 from retinadet.detector import Detector
 from retinadet.errors import ConfigError
 from retinadet.explain import (

@@ -7,7 +7,7 @@ import re
 
 import numpy as np
 from click.testing import CliRunner
-from conftest import CLASS_NAMES
+from export_support import CLASS_NAMES
 
 
 def _weights(tmp_path, models):

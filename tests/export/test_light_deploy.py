@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CLASS_NAMES
+from export_support import CLASS_NAMES
 
 REPO = Path(__file__).resolve().parents[2]
 

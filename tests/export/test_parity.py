@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import CLASS_NAMES
+from export_support import CLASS_NAMES
 from export_testlib import match_detections
 
 CASES = [("fast", 3), ("fast", 2), ("retinanet_resnet50_fpn", 2)]

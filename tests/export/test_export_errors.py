@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import CLASS_NAMES, make_model
+from export_support import CLASS_NAMES, make_model
 from torch import nn
 
 
