@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import resource
 import statistics
 import time
 
@@ -116,6 +115,16 @@ def make_runners(size, batch, modes):
     return runners
 
 
+def _peak_rss_mb() -> float:
+    """This process's own peak resident memory (VmHWM). ru_maxrss would not do: Linux keeps it
+    across fork and exec, so every child would report its parent's peak."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def _peak_child(args, index, queue):
     """Peak resident memory of a process holding one model, after an inference and after a
     training step (absolute, so it includes the same Python/torch baseline for every model)."""
@@ -124,10 +133,9 @@ def _peak_child(args, index, queue):
     model = build_torchvision(args.size) if mode == "tv" else build_ours(args.size)
     runner = make_runner(mode, model, args.size, args.batch)
     runner.infer()
-    infer_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    infer_peak = _peak_rss_mb()
     runner.train_step()
-    train_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    queue.put((index, infer_peak / 1024, train_peak / 1024))
+    queue.put((index, infer_peak, _peak_rss_mb()))
 
 
 def main():

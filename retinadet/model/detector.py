@@ -97,7 +97,9 @@ class RetinaNet(nn.Module):
         nms_iou: Optional[float] = None,
         max_det: Optional[int] = -1,
     ) -> list[dict[str, Tensor]]:
-        """Detections per image: ``boxes`` [D, 4], ``scores`` [D], ``labels`` [D], best first.
+        """Detections per image: ``boxes`` [D, 4], ``scores`` [D], ``labels`` [D], best first, and
+        where each came from: ``anchor_index`` [D] (into the flat anchor list) and ``level`` [D]
+        (0 = P3), which Grad-CAM needs to find the logit behind a detection.
 
         Per level: top-k candidates above the score threshold; then class-aware NMS over the
         whole batch at once (image and class form the NMS group), and ``max_det`` per image.
@@ -109,9 +111,10 @@ class RetinaNet(nn.Module):
         b, _, k = cls_logits.shape
         topk = inf.topk_per_level
         parts = []
-        for logits, deltas, level_anchors in zip(
+        offset = 0
+        for level, (logits, deltas, level_anchors) in enumerate(zip(
             cls_logits.split(per_level, dim=1), box_deltas.split(per_level, dim=1), anchors.split(per_level)
-        ):
+        )):
             scores = torch.sigmoid(logits.float()).flatten(1)
             above = scores > score_thresh
             if topk is not None and int(above.sum(dim=1).max()) > topk:
@@ -122,8 +125,10 @@ class RetinaNet(nn.Module):
                 img_idx, flat_idx = above.nonzero(as_tuple=True)
             anchor_idx = flat_idx // k
             boxes = self.box_coder.decode(deltas[img_idx, anchor_idx].float(), level_anchors[anchor_idx])
-            parts.append((img_idx, boxes, scores[img_idx, flat_idx], flat_idx % k))
-        img_idx, boxes, scores, labels = (torch.cat(t) for t in zip(*parts))
+            parts.append((img_idx, boxes, scores[img_idx, flat_idx], flat_idx % k, anchor_idx + offset,
+                          torch.full_like(anchor_idx, level)))
+            offset += logits.shape[1]
+        img_idx, boxes, scores, labels, anchor_index, levels = (torch.cat(t) for t in zip(*parts))
         boxes = self._clip(boxes, image_sizes[img_idx], padded_size)
         keep = batched_nms(boxes, scores, img_idx * k + labels, nms_iou)
         keep = keep[torch.sort(img_idx[keep], stable=True).indices]
@@ -134,10 +139,9 @@ class RetinaNet(nn.Module):
             keep = keep[rank < max_det]
             counts = counts.clamp(max=max_det)
         splits = counts.tolist()
-        return [
-            {"boxes": bx, "scores": sc, "labels": lb}
-            for bx, sc, lb in zip(boxes[keep].split(splits), scores[keep].split(splits), labels[keep].split(splits))
-        ]
+        fields = {"boxes": boxes, "scores": scores, "labels": labels, "anchor_index": anchor_index, "level": levels}
+        per_image = {name: t[keep].split(splits) for name, t in fields.items()}
+        return [{name: per_image[name][i] for name in fields} for i in range(b)]
 
     def _clip(self, boxes: Tensor, image_sizes: Tensor, padded_size) -> Tensor:
         if self.cfg.inference.clip_to == "padded":
