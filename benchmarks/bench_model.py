@@ -138,6 +138,20 @@ def _peak_child(args, index, queue):
     queue.put((index, infer_peak, _peak_rss_mb()))
 
 
+def _measure_memory(args) -> list[tuple[float, float]]:
+    """(inference, training) peak MB of each model, each in a fresh process."""
+    ctx = mp.get_context("spawn")  # fork after OpenMP threads start can deadlock
+    out = []
+    for i in range(1 + len(args.modes)):
+        q = ctx.Queue()
+        p = ctx.Process(target=_peak_child, args=(args, i, q))
+        p.start()
+        _, inf_mb, tr_mb = q.get()
+        p.join()
+        out.append((inf_mb, tr_mb))
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=512)
@@ -147,7 +161,12 @@ def main():
     ap.add_argument("--modes", nargs="+", default=["fp32", "cl", "bf16-cl"],
                     help="our modes: fp32, cl (channels_last), bf16 (autocast), bf16-cl")
     ap.add_argument("--no-memory", action="store_true", help="skip the per-model peak-memory children")
+    ap.add_argument("--memory-only", action="store_true", help="only the peak-memory children, no timing")
     args = ap.parse_args()
+    if args.memory_only:
+        for i, (mode, (inf_mb, tr_mb)) in enumerate(zip(["tv"] + list(args.modes), _measure_memory(args))):
+            print(f"| {mode} | peak RSS MB infer {inf_mb:.0f} | train {tr_mb:.0f} |")
+        return
     torch.set_num_threads(args.threads)
     runners = make_runners(args.size, args.batch, args.modes)
 
@@ -167,14 +186,7 @@ def main():
 
     memory = {}
     if not args.no_memory:
-        ctx = mp.get_context("spawn")  # fork after OpenMP threads start can deadlock
-        for i in range(len(runners)):
-            q = ctx.Queue()
-            p = ctx.Process(target=_peak_child, args=(args, i, q))
-            p.start()
-            idx, inf_mb, tr_mb = q.get()
-            p.join()
-            memory[runners[idx].name] = (inf_mb, tr_mb)
+        memory = {r.name: m for r, m in zip(runners, _measure_memory(args))}
 
     base = runners[0].name
     b_inf = args.batch / statistics.median(infer_t[base])
