@@ -101,6 +101,18 @@ def _unsupported(model: RetinaNet, fmt: str, exc: Exception) -> ExportError:
                        "use a backbone whose ops export, e.g. a ResNet (`backbone.name=resnet50`) or the 'fast' preset")
 
 
+def _prepare(path, model, imgsz, batch, max_det, score_thresh, nms_iou, input_dtype):
+    """The output path (folder created), the traceable module and sample inputs for tracing."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    module = ExportModule(model.cpu().eval(), max_det=max_det, score_thresh=score_thresh, nms_iou=nms_iou,
+                          input_dtype=input_dtype).eval()
+    images, sizes = sample_inputs(model, imgsz, batch)
+    if input_dtype == "uint8":
+        images = (images * 255).round().to(torch.uint8)
+    return path, module, images, sizes
+
+
 def export_onnx(model: RetinaNet, path: str | os.PathLike, class_names: Sequence[str], *, category_ids=None,
                 opset: int = DEFAULT_OPSET, imgsz: Optional[int] = None, batch: int = 1, score_thresh: Optional[float] = None,
                 nms_iou: Optional[float] = None, max_det: Optional[int] = None, input_dtype: str = "float32",
@@ -114,13 +126,7 @@ def export_onnx(model: RetinaNet, path: str | os.PathLike, class_names: Sequence
         import onnx
     except ImportError as exc:
         raise ExportError("ONNX export needs onnx and onnxscript: pip install 'retinadet[export]'") from exc
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    module = ExportModule(model.cpu().eval(), max_det=max_det, score_thresh=score_thresh, nms_iou=nms_iou,
-                          input_dtype=input_dtype).eval()
-    images, sizes = sample_inputs(model, imgsz, batch)
-    if input_dtype == "uint8":
-        images = (images * 255).round().to(torch.uint8)
+    path, module, images, sizes = _prepare(path, model, imgsz, batch, max_det, score_thresh, nms_iou, input_dtype)
     dyn = {"images": {0: "batch", 2: "height", 3: "width"}, "image_sizes": {0: "batch"}, "boxes": {0: "batch"},
            "scores": {0: "batch"}, "labels": {0: "batch"}, "num_dets": {0: "batch"}}
     tmp = path.with_name(f".{path.name}.tmp")
@@ -200,13 +206,7 @@ def export_torchscript(model: RetinaNet, path: str | os.PathLike, class_names: S
     C++: ``auto m = torch::jit::load(path); auto out = m.forward({images, image_sizes}).toTuple();``
     -> (boxes [B, max_det, 4], scores [B, max_det], labels [B, max_det], num_dets [B]); the
     metadata JSON is the extra file ``retinadet.json`` (``torch::jit::load(path, device, extra_files)``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    module = ExportModule(model.cpu().eval(), max_det=max_det, score_thresh=score_thresh, nms_iou=nms_iou,
-                          input_dtype=input_dtype).eval()
-    images, sizes = sample_inputs(model, imgsz, batch)
-    if input_dtype == "uint8":
-        images = (images * 255).round().to(torch.uint8)
+    path, module, images, sizes = _prepare(path, model, imgsz, batch, max_det, score_thresh, nms_iou, input_dtype)
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -228,16 +228,12 @@ def build_from_checkpoint(ckpt: dict[str, Any], where: str = "checkpoint"):
     return model, names
 
 
-def load_state_strict(model: nn.Module, state: dict, where: str) -> None:
-    """``load_state_dict(strict=True)`` with missing/unexpected/mis-shaped keys named."""
-    from retinadet.weights.keymaps import drop_unused_buffers
-
-    target = model.state_dict()
-    state = drop_unused_buffers(state, target.keys())
+def state_dict_problems(state: dict, target: dict, skip: tuple = ()) -> list[str]:
+    """Missing, unexpected and mis-shaped keys of ``state`` against ``target``, by name."""
     missing = [k for k in target if k not in state]
     unexpected = [k for k in state if k not in target]
     shapes = [f"{k} {tuple(state[k].shape)} vs model {tuple(target[k].shape)}"
-              for k in target if k in state and tuple(state[k].shape) != tuple(target[k].shape)]
+              for k in target if k in state and k not in skip and tuple(state[k].shape) != tuple(target[k].shape)]
     problems = []
     if missing:
         problems.append(f"missing {len(missing)} key(s): {', '.join(missing[:10])}")
@@ -245,6 +241,16 @@ def load_state_strict(model: nn.Module, state: dict, where: str) -> None:
         problems.append(f"unexpected {len(unexpected)} key(s): {', '.join(unexpected[:10])}")
     if shapes:
         problems.append(f"{len(shapes)} shape mismatch(es): {'; '.join(shapes[:5])}")
+    return problems
+
+
+def load_state_strict(model: nn.Module, state: dict, where: str) -> None:
+    """``load_state_dict(strict=True)`` with missing/unexpected/mis-shaped keys named."""
+    from retinadet.weights.keymaps import drop_unused_buffers
+
+    target = model.state_dict()
+    state = drop_unused_buffers(state, target.keys())
+    problems = state_dict_problems(state, target)
     if problems:
         raise CheckpointError(f"{where}: weights do not fit the model: " + "; ".join(problems))
     model.load_state_dict(state, strict=True)

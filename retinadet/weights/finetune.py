@@ -27,7 +27,7 @@ def load_for_finetune(
     must load strictly. Returns the re-initialised keys, and reports them through
     ``report`` (default: the module logger).
     """
-    from retinadet.weights.checkpoint import is_checkpoint
+    from retinadet.weights.checkpoint import is_checkpoint, state_dict_problems
     from retinadet.weights.keymaps import drop_unused_buffers
 
     if is_checkpoint(state):
@@ -38,17 +38,7 @@ def load_for_finetune(
     state = drop_unused_buffers(state, target.keys())
     reinit = [k for k in target if k.startswith(CLASS_LAYER_PREFIX) and k in state
               and tuple(state[k].shape) != tuple(target[k].shape)]
-    missing = [k for k in target if k not in state]
-    unexpected = [k for k in state if k not in target]
-    mismatched = [f"{k} {tuple(state[k].shape)} vs model {tuple(target[k].shape)}"
-                  for k in target if k in state and k not in reinit and tuple(state[k].shape) != tuple(target[k].shape)]
-    problems = []
-    if missing:
-        problems.append(f"missing {len(missing)} key(s): {', '.join(missing[:10])}")
-    if unexpected:
-        problems.append(f"unexpected {len(unexpected)} key(s): {', '.join(unexpected[:10])}")
-    if mismatched:
-        problems.append(f"shape mismatch outside the class layer: {'; '.join(mismatched[:5])}")
+    problems = state_dict_problems(state, target, skip=tuple(reinit))
     if problems:
         raise CheckpointError(f"{where}: cannot fine-tune from these weights: " + "; ".join(problems))
     merged: dict[str, Tensor] = {k: (target[k] if k in reinit else state[k]) for k in target}
