@@ -149,25 +149,26 @@ class Detector:
         max_det: Optional[int] = -1,
         batch_size: int = 4,
         amp: Union[bool, str] = False,
-        channels_last: bool = False,
+        channels_last: Optional[bool] = None,
     ) -> Union[Detections, list[Detections]]:
-        """Detections per image; a single input gives a single ``Detections``."""
+        """Detections per image; a single input gives a single ``Detections``.
+
+        ``channels_last`` switches the model's memory format (faster convolutions on CPU);
+        None keeps the current one."""
         items, many = _as_list(sources)
         if not items:
             raise DataError("no images to predict on")
-        if channels_last:
-            self.model.to(memory_format=torch.channels_last)
+        if channels_last is not None and channels_last != self.model.channels_last:
+            self.model.use_channels_last(channels_last)
         results: list[Detections] = []
         for start in range(0, len(items), max(1, batch_size)):
-            results.extend(self._predict_batch(items[start:start + batch_size], conf, iou, max_det, amp, channels_last))
+            results.extend(self._predict_batch(items[start:start + batch_size], conf, iou, max_det, amp))
         return results if many else results[0]
 
     @torch.no_grad()
-    def _predict_batch(self, items: Iterable, conf, iou, max_det, amp, channels_last) -> list[Detections]:
+    def _predict_batch(self, items: Iterable, conf, iou, max_det, amp) -> list[Detections]:
         tensors, names = zip(*(to_image_tensor(s) for s in items))
         batch, sizes = preprocess_batch(tensors, self.cfg.preprocess, self.device)
-        if channels_last:
-            batch = batch.contiguous(memory_format=torch.channels_last)
         with autocast_context(self.device, amp):
             cls_logits, box_deltas, anchors, per_level = self.model.forward_raw(batch)
         dets = self.model.postprocess(cls_logits.float(), box_deltas.float(), anchors, per_level, sizes, batch.shape[-2:],

@@ -86,9 +86,12 @@ def test_cpu_speed_options_keep_results_close(detector):
     ref = detector.predict(arr)
     fast = detector.predict(arr, channels_last=True)
     torch.testing.assert_close(fast.scores[:5], ref.scores[:5], atol=1e-4, rtol=0)
+    assert detector.model.channels_last
+    assert detector.model.head.cls_logits.weight.is_contiguous(memory_format=torch.channels_last)
     bf16 = detector.predict(arr, amp=True)
     assert len(bf16) > 0
-    detector.model.to(memory_format=torch.contiguous_format)
+    detector.predict(arr, channels_last=False)
+    assert not detector.model.channels_last
 
 
 def test_bad_inputs_fail_clearly(detector, tmp_path):

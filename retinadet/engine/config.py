@@ -31,6 +31,8 @@ class TrainConfig:
     amp: Any = False  # False | True | "bf16" | "fp16"
     ema: bool = False
     ema_decay: float = 0.9998
+    # NHWC weights and activations; None: on for CPU, where oneDNN convolutions run faster in it.
+    channels_last: Optional[bool] = None
     freeze: Optional[int] = None  # backbone trainable layers (0..5)
     augment: str = "default"
     device: str = "auto"

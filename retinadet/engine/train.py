@@ -238,6 +238,8 @@ class _Trainer:
         if finetune is not None:
             reinit = load_for_finetune(self.model, finetune, where=str(cfg.weights), report=self.log)
             self.log(f"weights: {cfg.weights} loaded; re-initialised keys: {', '.join(reinit) if reinit else 'none'}")
+        if cfg.channels_last if cfg.channels_last is not None else self.device.type == "cpu":
+            self.model.use_channels_last()
 
         world = info.world_size
         if info.enabled and cfg.sync_bn:

@@ -65,7 +65,9 @@ def make_checkpoint(
     ckpt = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        # contiguous: a channels_last model's tensors would otherwise keep NHWC strides, which
+        # safetensors refuses.
+        "model": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
         "model_config": model.cfg.to_dict(),
         "class_names": class_names,
         "category_ids": [int(c) for c in category_ids] if category_ids is not None else None,
