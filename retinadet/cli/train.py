@@ -26,6 +26,8 @@ AMP_VALUES = {"off": False, "on": True, "bf16": "bf16", "fp16": "fp16"}
 @click.option("--amp", type=click.Choice(list(AMP_VALUES)), default=None, is_flag=False, flag_value="on",
               help="Mixed precision: bf16 autocast on CPU; fp16 + GradScaler (or bf16) on CUDA.")
 @click.option("--ema/--no-ema", default=None, help="Keep an exponential moving average of the weights.")
+@click.option("--set", "model_set", multiple=True, metavar="KEY=VALUE",
+              help="Override a model config field, e.g. --set anchors.sizes=[16,32,64,128,256] (see `retinadet model show`).")
 @click.option("--channels-last/--no-channels-last", default=None,
               help="NHWC memory format (default: on for CPU, where it trains faster).")
 @click.option("--freeze", type=int, default=None, help="Backbone trainable layers (0..5; 5 = none frozen).")
@@ -49,6 +51,17 @@ def command(**flags) -> None:
     from retinadet.engine.train import train
 
     config = flags.pop("config")
+    model_set = flags.pop("model_set")
+    if model_set:
+        import yaml
+
+        overrides = {}
+        for item in model_set:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise click.BadParameter(f"expected KEY=VALUE, got '{item}'", param_hint="--set")
+            overrides[key] = yaml.safe_load(value)
+        flags["model_overrides"] = overrides
     if flags.get("amp") is not None:
         flags["amp"] = AMP_VALUES[flags["amp"]]
     options = {k: v for k, v in flags.items() if v is not None}

@@ -101,3 +101,16 @@ def test_predict_sources(tiny_data, tmp_path):
             list_sources(video)
     else:
         assert list_sources(video) == [str(video)]
+
+
+def test_train_set_overrides_model_fields(tiny_data, tmp_path, cli):
+    from retinadet.weights import load_checkpoint
+
+    res = cli(["train", "--data", str(tiny_data), "--epochs", "1", "--batch", "4", "--imgsz", "96", "--workers", "0",
+               "--set", "anchors.sizes=[8, 16, 32, 64, 128]", "--set", "head.num_convs=1", "--no-plots",
+               "--project", str(tmp_path), "--name", "s"])
+    assert res.exit_code == 0, res.output
+    cfg = load_checkpoint(tmp_path / "train" / "s" / "weights" / "last.pt")["model_config"]
+    assert cfg["anchors"]["sizes"] == [8, 16, 32, 64, 128] and cfg["head"]["num_convs"] == 1
+    bad = cli(["train", "--data", str(tiny_data), "--set", "anchors.sizez=[1]", "--project", str(tmp_path)])
+    assert bad.exit_code != 0 and "anchors.sizez" in bad.output
