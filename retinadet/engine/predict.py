@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import glob
 import os
 from collections import Counter
 from dataclasses import dataclass
@@ -21,58 +20,25 @@ class Frame:
     name: str  # file name (or video stem + frame index)
     image: torch.Tensor  # uint8 [3, H, W]
     source: str
+    frame_index: Optional[int] = None  # set for video frames
 
 
 def list_sources(source: str | os.PathLike) -> list[str]:
     """Image paths (or one video) from an image, a folder, a glob, or a text file of paths."""
-    return _list_sources(source, video=video_backend)
+    from retinadet.engine.video import probe_video
 
-
-def video_backend(path: str) -> str:
-    """The installed video reader (torchcodec, av or imageio), or a :class:`DataError` naming the options."""
-    import importlib.util
-
-    for module, name in (("torchcodec", "torchcodec"), ("av", "av"), ("imageio", "imageio")):
-        if importlib.util.find_spec(module) is not None:
-            return name
-    raise DataError(f"{path}: reading video needs torchcodec, PyAV (`pip install av`) or imageio[ffmpeg]; none is installed")
-
-
-def read_video_frames(path: str) -> Iterator[torch.Tensor]:
-    """uint8 [3, H, W] frames via torchcodec, PyAV or imageio, whichever is installed."""
-    try:
-        from torchcodec.decoders import VideoDecoder  # type: ignore
-    except ImportError:
-        VideoDecoder = None
-    if VideoDecoder is not None:
-        for frame in VideoDecoder(path):
-            yield frame
-        return
-    try:
-        import av  # type: ignore
-    except ImportError:
-        av = None
-    if av is not None:
-        with av.open(path) as container:
-            for frame in container.decode(video=0):
-                yield torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1).contiguous()
-        return
-    try:
-        import imageio.v3 as iio  # type: ignore
-    except ImportError:
-        raise DataError(f"{path}: reading video needs torchcodec, PyAV (`pip install av`) or imageio[ffmpeg]; none is installed") from None
-    for frame in iio.imiter(path):
-        yield torch.from_numpy(frame[..., :3].copy()).permute(2, 0, 1).contiguous()
+    return _list_sources(source, video=probe_video)
 
 
 def iter_frames(files: list[str]) -> Iterator[Frame]:
     from retinadet.data.images import read_image
+    from retinadet.engine.video import read_video_frames
 
     for f in files:
         if Path(f).suffix.lower() in VIDEO_SUFFIXES:
             stem = Path(f).stem
             for i, frame in enumerate(read_video_frames(f)):
-                yield Frame(f"{stem}_{i:06d}.jpg", frame, f)
+                yield Frame(f"{stem}_{i:06d}.jpg", frame, f, i)
         else:
             yield Frame(Path(f).name, read_image(f), f)
 
@@ -104,6 +70,7 @@ def predict(weights: Any, source: str | os.PathLike, *, conf: Optional[float] = 
     from retinadet.detector import Detector, resolve_device
     from retinadet.engine.plots import draw_boxes, save_image
     from retinadet.engine.run_dir import increment_run_dir, write_csv, write_json
+    from retinadet.engine.video import VideoWriter, probe_video
 
     files = list_sources(source)
     det = weights if isinstance(weights, Detector) else _load(weights, device)
@@ -122,25 +89,41 @@ def predict(weights: Any, source: str | os.PathLike, *, conf: Optional[float] = 
     cat_ids = det.category_ids or list(range(1, len(det.class_names) + 1))
     bar = tqdm(desc="predict", unit="img", disable=not progress, total=len(files) if all(
         Path(f).suffix.lower() not in VIDEO_SUFFIXES for f in files) else None)
-    for chunk in _batches(iter_frames(files), max(1, batch)):
-        results = det.predict([fr.image for fr in chunk], conf=conf, iou=iou, max_det=max_det, batch_size=len(chunk), amp=amp)
-        for image_id, (fr, r) in enumerate(zip(chunk, results), start=images + 1):
-            counts.update(r.names)
-            for rec in r.to_records():
-                records.append({"image_id": image_id, "file_name": fr.name, "source": fr.source,
-                                "category_id": int(cat_ids[rec["label"]]), "class_name": rec["class_name"],
-                                "bbox": [round(v, 3) for v in rec["bbox"]], "score": round(rec["score"], 5)})
-            if save:
-                drawn = draw_boxes(fr.image if fr.image.dtype == torch.uint8 else (fr.image * 255).byte(),
-                                   r.boxes, r.labels, det.class_names, r.scores)
-                save_image(drawn, out / (Path(fr.name).stem + ".png"))
-            if save_txt:
-                h, w = r.image_size
-                lines = [f"{lab} {((x1 + x2) / 2) / w:.6f} {((y1 + y2) / 2) / h:.6f} {(x2 - x1) / w:.6f} {(y2 - y1) / h:.6f} {s:.5f}"
-                         for (x1, y1, x2, y2), s, lab in zip(r.boxes.tolist(), r.scores.tolist(), r.labels.tolist())]
-                (out / "labels" / (Path(fr.name).stem + ".txt")).write_text("\n".join(lines) + ("\n" if lines else ""))
-        images += len(chunk)
-        bar.update(len(chunk))
+    writers: dict[str, Any] = {}  # one annotated video per video source
+    try:
+        for chunk in _batches(iter_frames(files), max(1, batch)):
+            results = det.predict([fr.image for fr in chunk], conf=conf, iou=iou, max_det=max_det,
+                                  batch_size=len(chunk), amp=amp)
+            for image_id, (fr, r) in enumerate(zip(chunk, results), start=images + 1):
+                counts.update(r.names)
+                for rec in r.to_records():
+                    row = {"image_id": image_id, "file_name": fr.name, "source": fr.source,
+                           "category_id": int(cat_ids[rec["label"]]), "class_name": rec["class_name"],
+                           "bbox": [round(v, 3) for v in rec["bbox"]], "score": round(rec["score"], 5)}
+                    if fr.frame_index is not None:
+                        row["frame"] = fr.frame_index
+                    records.append(row)
+                if save:
+                    drawn = draw_boxes(fr.image, r.boxes, r.labels, det.class_names, r.scores)
+                    if fr.frame_index is None:
+                        save_image(drawn, out / (Path(fr.name).stem + ".png"))
+                    else:
+                        if fr.source not in writers:
+                            writers[fr.source] = VideoWriter(out / (Path(fr.source).stem + ".mp4"), probe_video(fr.source))
+                        writers[fr.source].write(drawn)
+                if save_txt:
+                    h, w = r.image_size
+                    lines = [f"{lab} {((x1 + x2) / 2) / w:.6f} {((y1 + y2) / 2) / h:.6f} {(x2 - x1) / w:.6f} {(y2 - y1) / h:.6f} {s:.5f}"
+                             for (x1, y1, x2, y2), s, lab in zip(r.boxes.tolist(), r.scores.tolist(), r.labels.tolist())]
+                    (out / "labels" / (Path(fr.name).stem + ".txt")).write_text("\n".join(lines) + ("\n" if lines else ""))
+            images += len(chunk)
+            bar.update(len(chunk))
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        raise
+    for w in writers.values():
+        w.close()
     bar.close()
     write_json(out / "predictions.json", records)
     if save_csv:

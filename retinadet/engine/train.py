@@ -165,6 +165,7 @@ class _Trainer:
         from retinadet.weights import load_checkpoint
 
         self.resume_ckpt = None
+        self.cpu_tuning: list[str] = []
         if options.get("resume"):
             last = find_last(options["resume"])
             ck = load_checkpoint(last)
@@ -187,6 +188,10 @@ class _Trainer:
         self.dist, device_spec = D.setup(cfg.device)
         try:
             self.device = resolve_device(device_spec)
+            if self.device.type == "cpu":
+                from retinadet.engine.cpu_tuning import tune_cpu_process
+
+                self.cpu_tuning = tune_cpu_process()
             seed_everything(cfg.seed, cfg.deterministic)
             self._setup()
             with _StopFlag() as stop:
@@ -305,6 +310,8 @@ class _Trainer:
                      f"{len(self.class_names)} classes; model {mcfg.preset}, input {mcfg.preprocess.max_size}px, "
                      f"{sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}M params; device {self.device}"
                      f"{f' x{world}' if world > 1 else ''}; {cfg.epochs} epochs x {self.ipe} iterations; run dir {self.save_dir}")
+            if self.cpu_tuning:
+                self.log(f"cpu: {', '.join(self.cpu_tuning)}")
 
     # ------------------------------------------------------------------ checkpoints
     def _eval_model(self) -> nn.Module:

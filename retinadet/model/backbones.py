@@ -64,6 +64,13 @@ class Backbone(nn.Module):
         return f"name={self.name}, in_channels={self.in_channels}, out_channels={self.out_channels}, strides={self.strides}"
 
 
+def _builder_kwargs(cfg: BackboneConfig) -> dict:
+    """``backbone.kwargs`` for the model constructor; lists become tuples (YAML has no tuples)."""
+    if not isinstance(cfg.kwargs, dict):
+        raise ConfigError(f"backbone.kwargs must be a mapping of constructor options, got {type(cfg.kwargs).__name__}")
+    return {str(k): tuple(v) if isinstance(v, list) else v for k, v in cfg.kwargs.items()}
+
+
 def build_backbone(cfg: BackboneConfig) -> Backbone:
     if cfg.name.startswith("timm:"):
         return _build_timm(cfg)
@@ -83,11 +90,13 @@ def _build_torchvision(cfg: BackboneConfig) -> Backbone:
             "For timm models use 'timm:<name>' (list them with `retinadet model backbones --timm`)."
         )
     weights_enum, local_file = _resolve_torchvision_weights(cfg)
-    kwargs = dict(_EXTRA_KWARGS.get(cfg.name, {}))
+    kwargs = {**_EXTRA_KWARGS.get(cfg.name, {}), **_builder_kwargs(cfg)}
     if cfg.name == "inception_v3" and weights_enum is not None:
         kwargs["aux_logits"] = True  # torchvision requires it when loading its weights
     try:
         model = torchvision.models.get_model(cfg.name, weights=weights_enum, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"backbone '{cfg.name}' rejected backbone.kwargs {cfg.kwargs}: {exc}") from exc
     except (OSError, RuntimeError) as exc:  # the download of ImageNet weights failed
         raise CheckpointError(_offline_message(cfg.name, weights_enum, exc)) from exc
     if getattr(model, "aux_logits", False):
@@ -304,8 +313,10 @@ def _build_timm(cfg: BackboneConfig) -> Backbone:
         raise ConfigError(f"unknown timm model '{name}'.{hint} List them with `retinadet model backbones --timm`.")
     pretrained = bool(cfg.weights) and not os.path.exists(str(cfg.weights))
     try:
-        probe = timm.create_model(name, pretrained=False, features_only=True)
+        probe = timm.create_model(name, pretrained=False, features_only=True, **_builder_kwargs(cfg))
     except (RuntimeError, TypeError, ValueError) as exc:
+        if cfg.kwargs:
+            raise ConfigError(f"timm model '{name}' rejected backbone.kwargs {cfg.kwargs}: {exc}") from exc
         raise ConfigError(f"timm model '{name}' has no features_only mode, so it cannot be a backbone: {exc}") from exc
     reductions = probe.feature_info.reduction()
     indices = []
@@ -316,7 +327,7 @@ def _build_timm(cfg: BackboneConfig) -> Backbone:
         indices.append(matches[-1])
     try:
         body = timm.create_model(name, pretrained=pretrained, features_only=True, out_indices=tuple(indices),
-                                 in_chans=cfg.in_channels)
+                                 in_chans=cfg.in_channels, **_builder_kwargs(cfg))
     except (OSError, RuntimeError) as exc:
         raise CheckpointError(
             f"could not download timm weights for '{name}' ({exc}). Offline? Pass a local file with --backbone-weights PATH."

@@ -26,6 +26,9 @@ class BackboneConfig:
     # "IMAGENET1K_V1"), True for timm's pretrained tag, or a local file path.
     weights: Optional[str] = None
     in_channels: int = 3
+    # Constructor options for the model builder, e.g. {"channels": [32, 64, 128, 256]} for a
+    # slimmer timm ResNet. Pretrained weights only fit when these leave the shapes unchanged.
+    kwargs: dict = field(default_factory=dict)
 
 
 @dataclass

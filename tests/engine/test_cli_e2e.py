@@ -96,6 +96,28 @@ def test_predict_boxes_in_original_coordinates(trained_run, tiny_data, tmp_path,
     assert "image(s):" in res.output
 
 
+def test_predict_video_writes_annotated_video(trained_run, tiny_data, tmp_path, cli):
+    from retinadet.engine.video import VideoWriter, read_video_frames
+
+    src = sorted((tiny_data / "test").glob("*.jpg"))[0]
+    frame = torch.from_numpy(np.asarray(Image.open(src).convert("RGB").resize((96, 80)))).permute(2, 0, 1).contiguous()
+    writer = VideoWriter(tmp_path / "clip.mp4", fps=10)
+    for _ in range(3):
+        writer.write(frame)
+    writer.close()
+    res = cli(["predict", "--weights", str(trained_run / "weights" / "best.pt"), "--source", str(tmp_path / "clip.mp4"),
+               "--conf", "0.001", "--project", str(tmp_path), "--name", "v"])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    out = tmp_path / "predict" / "v"
+    annotated = list(read_video_frames(str(out / "clip.mp4")))
+    assert len(annotated) == 3 and annotated[0].shape == (3, 80, 96)
+    preds = json.loads((out / "predictions.json").read_text())
+    assert {p["frame"] for p in preds} == {0, 1, 2}
+    assert all(p["file_name"] == f"clip_{p['frame']:06d}.jpg" for p in preds)
+    assert not list(out.glob("*.png"))  # frames go into the video, not into images
+    assert "3 image(s)" in res.output
+
+
 def test_finetune_reinitialises_class_layer(trained_run, tiny_data, tmp_path):
     """--weights with another class count: class layer re-initialised and reported; AMP (bf16 on CPU) step runs."""
     import shutil

@@ -69,6 +69,19 @@ def test_norm_options(norm, kind):
         assert "BatchNorm2d" not in kinds
 
 
+def test_builder_kwargs_reach_the_constructor():
+    slim = build_backbone(BackboneConfig(name="timm:resnet18", norm="bn", kwargs={"channels": [16, 32, 64, 128], "stem_width": 16}))
+    assert slim.out_channels == [32, 64, 128]
+    assert [f.shape[1] for f in slim(torch.zeros(1, 3, 64, 64))] == [32, 64, 128]
+    half = build_backbone(BackboneConfig(name="mobilenet_v2", norm="bn", kwargs={"width_mult": 0.5}))
+    assert half.out_channels == [96, 288, 1280]  # expansion convs halve; the 1280 head conv never shrinks
+    assert build_backbone(BackboneConfig(name="mobilenet_v2", norm="bn")).out_channels == [192, 576, 1280]
+    with pytest.raises(ConfigError, match="rejected backbone.kwargs"):
+        build_backbone(BackboneConfig(name="resnet18", kwargs={"not_an_option": 1}))
+    with pytest.raises(ConfigError, match="rejected backbone.kwargs"):
+        build_backbone(BackboneConfig(name="timm:resnet18", kwargs={"not_an_option": 1}))
+
+
 def test_unknown_backbone_lists_close_names():
     with pytest.raises(ConfigError, match="resnet50"):
         build_backbone(BackboneConfig(name="resnet5O"))
