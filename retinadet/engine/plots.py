@@ -10,13 +10,11 @@ import numpy as np
 import torch
 
 
-def _plt():
-    import matplotlib
+def _figure(figsize: tuple[float, float]):
+    """A figure outside pyplot: rendering to files never touches the global backend (a notebook keeps its own)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(figsize=figsize)
 
 
 def _save(fig, path: str | os.PathLike) -> Path:
@@ -30,13 +28,13 @@ def _save(fig, path: str | os.PathLike) -> Path:
 
 def plot_results(header: Sequence[str], rows: Sequence[Sequence[str]], path: str | os.PathLike) -> Path:
     """Loss parts and AP curves per epoch from results.csv columns."""
-    plt = _plt()
     cols = {h: i for i, h in enumerate(header)}
     data = np.array([[float(v) if v not in ("", "nan") else np.nan for v in r] for r in rows], dtype=float).reshape(-1, len(header))
     epoch = data[:, cols["epoch"]]
     panels = [("loss_total", "loss"), ("loss_cls", "cls loss"), ("loss_box", "box loss"), ("lr", "lr"),
               ("AP", "AP"), ("AP50", "AP50")]
-    fig, axes = plt.subplots(2, 3, figsize=(12, 6))
+    fig = _figure((12, 6))
+    axes = fig.subplots(2, 3)
     for ax, (key, title) in zip(axes.ravel(), panels):
         y = data[:, cols[key]]
         ok = np.isfinite(y)
@@ -46,14 +44,13 @@ def plot_results(header: Sequence[str], rows: Sequence[Sequence[str]], path: str
         ax.grid(alpha=0.3)
     fig.tight_layout()
     out = _save(fig, path)
-    plt.close(fig)
     return out
 
 
 def plot_pr_curves(precision: Optional[np.ndarray], class_names: Sequence[str], path: str | os.PathLike) -> Path:
     """Precision-recall at IoU 0.5 per class (``precision`` is COCOeval's [T, R, K, A, M] array)."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 6))
+    fig = _figure((7, 6))
+    ax = fig.subplots()
     recall = np.linspace(0, 1, 101)
     if precision is not None:
         for k, name in enumerate(class_names):
@@ -71,16 +68,15 @@ def plot_pr_curves(precision: Optional[np.ndarray], class_names: Sequence[str], 
     ax.grid(alpha=0.3)
     fig.tight_layout()
     out = _save(fig, path)
-    plt.close(fig)
     return out
 
 
 def plot_confusion(matrix: np.ndarray, class_names: Sequence[str], path: str | os.PathLike, conf: float, iou: float = 0.5) -> Path:
     """Rows: predicted class (+ background = missed GT); columns: true class (+ background = false positive)."""
-    plt = _plt()
     names = list(class_names) + ["background"]
     n = len(names)
-    fig, ax = plt.subplots(figsize=(max(5, 0.6 * n + 3), max(4, 0.6 * n + 2)))
+    fig = _figure((max(5, 0.6 * n + 3), max(4, 0.6 * n + 2)))
+    ax = fig.subplots()
     ax.imshow(matrix, cmap="Blues")
     ax.set_xticks(range(n), names, rotation=45, ha="right")
     ax.set_yticks(range(n), names)
@@ -95,7 +91,6 @@ def plot_confusion(matrix: np.ndarray, class_names: Sequence[str], path: str | o
                         color="white" if matrix[i, j] > 0.5 * vmax else "black")
     fig.tight_layout()
     out = _save(fig, path)
-    plt.close(fig)
     return out
 
 

@@ -97,7 +97,8 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     return torch.optim.AdamW(groups, lr=cfg.base_lr)
 
 
-def _model_config(cfg: TrainConfig, num_classes: int, finetune_ckpt: Optional[dict]):
+def _model_config(cfg: TrainConfig, num_classes: int, finetune_ckpt: Optional[dict]) -> tuple[Any, list[str]]:
+    """The model config of a run, and notes on what was adapted for training from scratch."""
     from retinadet.model import resolve_model_config
     from retinadet.model.config import ModelConfig
 
@@ -114,8 +115,24 @@ def _model_config(cfg: TrainConfig, num_classes: int, finetune_ckpt: Optional[di
     else:
         mcfg = resolve_model_config(cfg.model or "fast", overrides)
     mcfg = mcfg.replace({"num_classes": num_classes}) if mcfg.num_classes != num_classes else mcfg
+    notes: list[str] = []
+    if finetune_ckpt is None and not mcfg.backbone.weights:
+        # Presets made for ImageNet backbones freeze BN and early stages; from random init those would
+        # stay random for the whole run. Unless asked for explicitly, train them.
+        scratch: dict[str, Any] = {}
+        if mcfg.backbone.norm == "frozen_bn" and "backbone.norm" not in overrides:
+            scratch["backbone.norm"] = "bn"
+        if mcfg.backbone.trainable_layers < 5 and "backbone.trainable_layers" not in overrides:
+            scratch["backbone.trainable_layers"] = 5
+        if scratch:
+            preset = mcfg.preset
+            mcfg = mcfg.replace(scratch)
+            mcfg.preset = preset
+            notes.append("backbone has no pretrained weights, so it trains from scratch: "
+                         + ", ".join(f"{k}={v}" for k, v in scratch.items())
+                         + " (pass --freeze or --set backbone.norm=... to keep the preset's)")
     mcfg.preset = mcfg.preset or cfg.model
-    return mcfg.validate()
+    return mcfg.validate(), notes
 
 
 def check_model_spec(spec: Optional[str]) -> None:
@@ -238,7 +255,9 @@ class _Trainer:
 
                 atomic_write_text(self.save_dir / "val_ids.txt", "\n".join(map(str, self.data_info["carved_ids"])) + "\n")
 
-        mcfg = _model_config(cfg, len(self.class_names), finetune)
+        mcfg, notes = _model_config(cfg, len(self.class_names), finetune)
+        for note in notes:
+            self.log(note)
         self.model = RetinaNet(mcfg).to(self.device)
         if finetune is not None:
             reinit = load_for_finetune(self.model, finetune, where=str(cfg.weights), report=self.log)
