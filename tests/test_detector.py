@@ -9,7 +9,8 @@ from retinadet.detector import Detector
 from retinadet.errors import DataError
 from retinadet.model.preprocess import preprocess_batch
 
-OVERRIDES = {"fpn.channels": 32, "head.channels": 32, "head.num_convs": 1, "preprocess.min_size": 160, "preprocess.max_size": 256}
+OVERRIDES = {"fpn.channels": 32, "head.channels": 32, "head.num_convs": 1, "preprocess.min_size": 160, "preprocess.max_size": 256,
+             "preprocess.fixed_size": None}
 
 
 @pytest.fixture(scope="module")

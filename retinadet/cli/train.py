@@ -14,14 +14,14 @@ AMP_VALUES = {"off": False, "on": True, "bf16": "bf16", "fp16": "fp16"}
 @click.option("--data", default=None, help="Dataset path or YAML (any format the data layer reads) or 'shapes'. [default: shapes]")
 @click.option("--model", default=None, help="Model preset or backbone name. [default: fast, or the --weights model]")
 @click.option("--imgsz", type=int, default=None, help="Input size (short side and long-side cap).")
-@click.option("--epochs", type=int, default=None, help="Epochs. [default: 8]")
+@click.option("--epochs", type=int, default=None, help="Epochs. [default: 12]")
 @click.option("--batch", type=int, default=None, help="Batch size (per process). [default: 8]")
-@click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), default=None, help="[default: sgd]")
-@click.option("--lr", type=float, default=None, help="Base learning rate. [default: 0.01 sgd, 0.001 adamw]")
+@click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), default=None, help="[default: adamw]")
+@click.option("--lr", type=float, default=None, help="Base learning rate. [default: 0.003 adamw, 0.01 sgd]")
 @click.option("--schedule", type=click.Choice(["cosine", "step", "constant"]), default=None,
               help="Decay after the linear warm-up, stepped per iteration. [default: cosine]")
 @click.option("--warmup-epochs", type=float, default=None, help="Linear warm-up length in epochs. [default: 1]")
-@click.option("--weight-decay", type=float, default=None, help="Weight decay (not on norms and biases). [default: 1e-4]")
+@click.option("--weight-decay", type=float, default=None, help="Weight decay (not on norms and biases). [default: 0.05 adamw, 1e-4 sgd]")
 @click.option("--clip-grad", type=float, default=None, help="Max gradient norm (0 = off). [default: 10]")
 @click.option("--amp", type=click.Choice(list(AMP_VALUES)), default=None, is_flag=False, flag_value="on",
               help="Mixed precision: bf16 autocast on CPU; fp16 + GradScaler (or bf16) on CUDA.")

@@ -80,6 +80,8 @@ def predict(weights: Any, source: str | os.PathLike, *, conf: Optional[float] = 
     if imgsz:
         pre = det.model.cfg.preprocess
         pre.min_size, pre.max_size = int(imgsz), int(imgsz)
+        if pre.fixed_size:
+            pre.fixed_size = int(imgsz)
     out = increment_run_dir(project, "predict", name, exist_ok)
     if save_txt:
         (out / "labels").mkdir(exist_ok=True)

@@ -91,7 +91,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay)
+    groups = param_groups(model, cfg.decay)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.base_lr, momentum=cfg.momentum, nesterov=True)
     return torch.optim.AdamW(groups, lr=cfg.base_lr)
@@ -103,17 +103,17 @@ def _model_config(cfg: TrainConfig, num_classes: int, finetune_ckpt: Optional[di
     from retinadet.model.config import ModelConfig
 
     overrides: dict[str, Any] = dict(cfg.model_overrides or {})
-    if cfg.imgsz:
-        overrides.update({"preprocess.min_size": int(cfg.imgsz), "preprocess.max_size": int(cfg.imgsz)})
     if cfg.freeze is not None:
         overrides["backbone.trainable_layers"] = int(cfg.freeze)
     if cfg.model is None and finetune_ckpt is not None:
         base = ModelConfig.from_dict(finetune_ckpt["model_config"])
         base.backbone.weights = None
-        mcfg = base.replace(overrides) if overrides else base
-        mcfg.preset = base.preset
     else:
-        mcfg = resolve_model_config(cfg.model or "fast", overrides)
+        base = resolve_model_config(cfg.model or "fast")
+    if cfg.imgsz:
+        overrides = {**base.replace(overrides).preprocess.size_overrides(cfg.imgsz), **overrides}
+    mcfg = base.replace(overrides) if overrides else base
+    mcfg.preset = base.preset
     mcfg = mcfg.replace({"num_classes": num_classes}) if mcfg.num_classes != num_classes else mcfg
     notes: list[str] = []
     if finetune_ckpt is None and not mcfg.backbone.weights:
@@ -183,6 +183,7 @@ class _Trainer:
 
         self.resume_ckpt = None
         self.cpu_tuning: list[str] = []
+        self._last_eval = None
         if options.get("resume"):
             last = find_last(options["resume"])
             ck = load_checkpoint(last)
@@ -502,9 +503,11 @@ class _Trainer:
                 self.best_fitness, self.bad_epochs = fitness, 0
             else:
                 self.bad_epochs += 1
-            if main and cfg.plots and res is not None:
-                write_eval_outputs(res, self.val_data, self.save_dir / "val", cfg.conf, plots=True)
-                self._plot_grid(res.first_batch)
+            if main and res is not None:
+                # Figures are drawn once, when the run ends: a round of matplotlib per epoch cost more than
+                # the validation itself on a small model.
+                write_eval_outputs(res, self.val_data, self.save_dir / "val", cfg.conf, plots=False)
+                self._last_eval = res
         # last.pt every epoch (position: start of the next epoch); best.pt on improvement.
         self.epoch_sums, self.epoch_time_before = [0.0, 0.0, 0.0, 0], 0.0
         result.last = self._save_last(epoch + 1, metrics, (epoch + 1, 0))
@@ -523,7 +526,6 @@ class _Trainer:
         return metrics
 
     def _write_results(self, epoch, metrics, losses, lr, epoch_time) -> None:
-        from retinadet.engine.plots import plot_results
         from retinadet.engine.run_dir import read_csv, write_csv
 
         path = self.save_dir / "results.csv"
@@ -533,8 +535,21 @@ class _Trainer:
                *[metrics.get(k, "") for k in STAT_NAMES], round(epoch_time, 3), self.skipped_total]
         rows.append([f"{v:.6g}" if isinstance(v, float) else str(v) for v in row])
         write_csv(path, RESULT_COLUMNS, rows)
-        if self.cfg.plots:
-            plot_results(RESULT_COLUMNS, rows, self.save_dir / "results.png")
+
+    def _plots(self) -> None:
+        """results.png from results.csv, and the last validation's PR curves, confusion matrix and grid."""
+        from retinadet.engine.evaluate import write_eval_outputs
+        from retinadet.engine.plots import plot_results
+        from retinadet.engine.run_dir import read_csv
+
+        path = self.save_dir / "results.csv"
+        if path.is_file():
+            header, rows = read_csv(path)
+            if rows:
+                plot_results(header, rows, self.save_dir / "results.png")
+        if self._last_eval is not None:
+            write_eval_outputs(self._last_eval, self.val_data, self.save_dir / "val", self.cfg.conf, plots=True)
+            self._plot_grid(self._last_eval.first_batch)
 
     def _plot_grid(self, first: Optional[dict]) -> None:
         from retinadet.engine.plots import prediction_grid
@@ -546,6 +561,8 @@ class _Trainer:
                         self.save_dir / "val_batch0_labels_vs_pred.png")
 
     def _finish(self, result: TrainResult, epochs_done: int, metrics: dict) -> TrainResult:
+        if self.main and self.cfg.plots:
+            self._plots()
         result.metrics = metrics
         result.best_fitness = self.best_fitness
         result.skipped_steps = self.skipped_total

@@ -285,6 +285,8 @@ def predict_onnx(weights: Any, source: str | os.PathLike, *, conf: Optional[floa
     det = weights if isinstance(weights, OnnxDetector) else OnnxDetector(weights)
     if imgsz:
         det.preprocess_cfg["min_size"] = det.preprocess_cfg["max_size"] = int(imgsz)
+        if det.preprocess_cfg.get("fixed_size") is not None:
+            det.preprocess_cfg["fixed_size"] = int(imgsz)
     out = increment_run_dir(project, "predict", name, exist_ok)
     if save_txt:
         (out / "labels").mkdir(exist_ok=True)

@@ -122,6 +122,11 @@ class PreprocessConfig:
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
     size_divisible: int = 32
 
+    def size_overrides(self, imgsz: int) -> dict[str, int]:
+        """Dotted-key overrides for an ``--imgsz``: the letterbox side if fixed, else short side and cap."""
+        sizes = {"preprocess.min_size": int(imgsz), "preprocess.max_size": int(imgsz)}
+        return {**sizes, "preprocess.fixed_size": int(imgsz)} if self.fixed_size else sizes
+
 
 @dataclass
 class ModelConfig:
@@ -148,6 +153,8 @@ class ModelConfig:
     def replace(self, overrides: dict[str, Any]) -> "ModelConfig":
         """A copy with dotted-key overrides applied, e.g. ``{"backbone.name": "resnet18"}``."""
         data = self.to_dict()
+        if "backbone.name" in overrides and "backbone.kwargs" not in overrides:
+            data["backbone"]["kwargs"] = {}  # constructor options belong to the backbone being replaced
         for key, value in overrides.items():
             node = data
             parts = key.split(".")

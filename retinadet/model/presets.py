@@ -67,17 +67,23 @@ def _seed(backbone: str) -> Callable[[], ModelConfig]:
 
 
 def _fast() -> ModelConfig:
-    # Trains from scratch on CPU: live BN in the backbone, GN in a slim head, smaller
-    # anchors for a small input, GIoU and batch-normalised focal loss.
+    # Trains from scratch on a CPU in minutes; epochs, not capacity, are what a short CPU budget lacks.
+    # - A quarter-width ResNet-18 (timm, stages 16-128 channels) with a deep 3x3 stem of 8/8/16 channels:
+    #   ResNet-18's 64-channel 7x7 stem alone cost a quarter of a step at these widths. A step is 0.35 s,
+    #   against 1.8 s for torchvision's ResNet-18 in the same head.
+    # - Live BN, a slim GN head, GIoU and batch-normalised focal loss.
+    # - A fixed 288 px letterboxed canvas: every batch has one shape, so oneDNN reuses its kernels
+    #   instead of re-planning them each step. Anchors from 14 px cover the smallest objects.
     return ModelConfig(
         num_classes=4,
-        backbone=BackboneConfig(name="resnet18", norm="bn", trainable_layers=5),
+        backbone=BackboneConfig(name="timm:resnet18", norm="bn", trainable_layers=5,
+                                kwargs={"channels": [16, 32, 64, 128], "stem_type": "deep", "stem_width": 8}),
         fpn=FPNConfig(channels=64, p6_input="c5"),
         head=HeadConfig(num_convs=2, channels=64, norm="gn"),
-        anchors=AnchorConfig(sizes=[16.0, 32.0, 64.0, 128.0, 256.0], center_offset=0.5, stride_mode="nominal",
+        anchors=AnchorConfig(sizes=[14.0, 28.0, 56.0, 112.0, 224.0], center_offset=0.5, stride_mode="nominal",
                              round_base=False, truncate_sizes=False),
         loss=LossConfig(box_loss="giou", normalize="batch"),
-        preprocess=PreprocessConfig(min_size=320, max_size=320),
+        preprocess=PreprocessConfig(min_size=288, max_size=288, fixed_size=288),
     )
 
 

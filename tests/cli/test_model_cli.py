@@ -36,7 +36,7 @@ def test_backbone_listing():
 def test_summary_reports_channels_and_levels():
     result = CliRunner().invoke(main, ["model", "summary", "fast", "--imgsz", "256"])
     assert result.exit_code == 0, result.output
-    assert "out_channels [128, 256, 512]" in result.output
+    assert "out_channels [32, 64, 128]" in result.output  # the quarter-width ResNet-18
     lines = {line.split()[0]: line.split() for line in result.output.splitlines() if line[:1] in "CP" and line[1:2].isdigit()}
     assert lines["C3"][3] == "32x32" and lines["P7"][3] == "2x2"
     assert int(lines["P3"][4]) == 32 * 32 * 9

@@ -100,7 +100,7 @@ def test_predict_video_writes_annotated_video(trained_run, tiny_data, tmp_path, 
     from retinadet.engine.video import VideoWriter, read_video_frames
 
     src = sorted((tiny_data / "test").glob("*.jpg"))[0]
-    frame = torch.from_numpy(np.asarray(Image.open(src).convert("RGB").resize((96, 80)))).permute(2, 0, 1).contiguous()
+    frame = torch.from_numpy(np.array(Image.open(src).convert("RGB").resize((96, 80)))).permute(2, 0, 1).contiguous()
     writer = VideoWriter(tmp_path / "clip.mp4", fps=10)
     for _ in range(3):
         writer.write(frame)

@@ -60,6 +60,19 @@ def test_no_weight_decay_on_norms_and_biases():
     assert len(no_decay["params"]) == 4  # conv bias, bn weight and bias, linear bias
 
 
+def test_optimizer_defaults_follow_the_optimizer():
+    from retinadet.engine.config import TrainConfig
+    from retinadet.engine.train import build_optimizer
+
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    adamw = build_optimizer(m, TrainConfig())
+    assert isinstance(adamw, torch.optim.AdamW)
+    assert adamw.param_groups[0]["lr"] == 0.003 and adamw.param_groups[0]["weight_decay"] == 0.05
+    sgd = build_optimizer(m, TrainConfig(optimizer="sgd"))
+    assert sgd.param_groups[0]["lr"] == 0.01 and sgd.param_groups[0]["weight_decay"] == 1e-4
+    assert build_optimizer(m, TrainConfig(optimizer="sgd", weight_decay=0.0)).param_groups[0]["weight_decay"] == 0.0
+
+
 def test_run_dirs_increment(tmp_path):
     a = increment_run_dir(tmp_path, "train")
     b = increment_run_dir(tmp_path, "train")
@@ -136,8 +149,8 @@ def test_cpu_tuning_flushes_denormals(monkeypatch):
     from retinadet.engine import cpu_tuning
 
     monkeypatch.setattr(cpu_tuning, "_applied", [])
+    torch.set_flush_denormal(False)  # an earlier CPU training run in this process may have set it
     tiny = torch.tensor([1e-39])  # below float32's smallest normal (1.2e-38)
-    torch.set_flush_denormal(False)
     assert float(tiny * 1.0) != 0.0
     try:
         applied = cpu_tuning.tune_cpu_process()

@@ -62,7 +62,7 @@ class SlimBody(nn.Module):
 
 SLIM_OVERRIDES = {
     "fpn.channels": 32, "head.channels": 48, "head.num_convs": 1, "anchors.scales": [1.0, 1.5],
-    "preprocess.min_size": IMG, "preprocess.max_size": IMG,
+    "preprocess.min_size": IMG, "preprocess.max_size": IMG, "preprocess.fixed_size": None,
 }
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 CLASS_NAMES = ["RBC", "WBC", "Platelets"]
-SMALL = {"preprocess.min_size": 256, "preprocess.max_size": 384}
+SMALL = {"preprocess.min_size": 256, "preprocess.max_size": 384, "preprocess.fixed_size": None}
 # ResNet-50 is ~8x the compute of the fast model: smaller inputs keep the folder under 3 minutes.
 SIZES = {"fast": SMALL, "retinanet_resnet50_fpn": {"preprocess.min_size": 192, "preprocess.max_size": 288}}
 PRESETS = ["fast", "retinanet_resnet50_fpn"]

@@ -51,7 +51,7 @@ def test_backbone_with_unexportable_op(tmp_path):
 
     model = make_model("fast")
     model.backbone = _ErfinvBackbone(model.backbone)
-    with pytest.raises(ExportError, match=r"backbone 'resnet18' cannot be exported to ONNX.*erfinv.*use a backbone"):
+    with pytest.raises(ExportError, match=r"backbone 'timm:resnet18' cannot be exported to ONNX.*erfinv.*use a backbone"):
         export_onnx(model, tmp_path / "m.onnx", CLASS_NAMES, imgsz=64)
     assert not (tmp_path / "m.onnx").exists()
 
@@ -62,7 +62,7 @@ def test_backbone_that_fixes_a_size_is_refused(tmp_path):
 
     model = make_model("fast")
     model.backbone = _SizeBakingBackbone(model.backbone)
-    with pytest.raises(ExportError, match=r"does not reproduce PyTorch at input .*backbone 'resnet18'"):
+    with pytest.raises(ExportError, match=r"does not reproduce PyTorch at input .*backbone 'timm:resnet18'"):
         export_onnx(model, tmp_path / "m.onnx", CLASS_NAMES, imgsz=96)
     assert not (tmp_path / "m.onnx").exists()
 

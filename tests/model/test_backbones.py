@@ -98,3 +98,14 @@ def test_local_imagenet_weights_load_by_name(tmp_path):
     torch.save(ref.state_dict(), path)
     bb = build_backbone(BackboneConfig(name="resnet18", norm="bn", weights=str(path)))
     torch.testing.assert_close(bb.body.conv1.weight, ref.conv1.weight)
+
+
+def test_swapping_the_backbone_drops_the_old_ones_kwargs():
+    from retinadet.model import resolve_model_config
+
+    fast = resolve_model_config("fast")
+    assert fast.backbone.kwargs
+    swapped = fast.replace({"backbone.name": "resnet18"})
+    assert swapped.backbone.kwargs == {}
+    kept = fast.replace({"backbone.name": "timm:resnet34", "backbone.kwargs": {"stem_width": 16}})
+    assert kept.backbone.kwargs == {"stem_width": 16}
