@@ -48,7 +48,7 @@ md("""
     **Tiny settings.** To keep this notebook to a few minutes on a 2-core CPU it uses a small freshly generated
     `shapes` dataset (128 px images), a 4-epoch run and `workers=0`. The model it trains detects little; the
     point is the pipeline, not the score. Real runs use the defaults: `retinadet train` trains the `fast`
-    preset for 8 epochs on 600 images at 320 px (see the README for measured results), and
+    preset for 12 epochs on 600 images at 288 px (see the README for measured results), and
     `retinadet train --data your_data` does the same on your data.
 """)
 code('''
@@ -242,7 +242,7 @@ md("""
 code('''
     from retinadet.data.check import check_dataset, format_report
 
-    report = check_dataset(BCCD if BCCD.is_dir() else SHAPES)  # fast preset at its 320 px input
+    report = check_dataset(BCCD if BCCD.is_dir() else SHAPES)  # fast preset at its 288 px input
     print(format_report(report).replace(str(SHARED), "../shared"))
     print("\\nok (no errors):", report.ok)
     small = check_dataset(SHAPES, imgsz=128, verify_images=False)
@@ -286,7 +286,8 @@ md("""
     **heads**, shared across levels, predict for every anchor K class logits and 4 box deltas. Each level has
     9 **anchors** per location (3 scales x 3 aspect ratios); training matches them to boxes by IoU and applies
     **focal loss**. `describe` runs one dummy input and reports each stage, as `retinadet model summary` does.
-    The `fast` preset (ResNet-18, 64-channel FPN and heads, 320 px) is the one trained below.
+    The `fast` preset (a quarter-width ResNet-18 from timm with a deep stem, 64-channel FPN and heads, 288 px)
+    is the one trained below.
 """)
 code('''
     from retinadet.model import build_model
