@@ -12,7 +12,6 @@ import difflib
 import logging
 import math
 import os
-from typing import Optional
 
 import torch
 import torchvision

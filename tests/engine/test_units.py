@@ -90,8 +90,6 @@ def test_python_api_mirrors_cli():
 
 
 def test_predict_sources(tiny_data, tmp_path):
-    import importlib.util
-
     from retinadet.engine.predict import list_sources
     from retinadet.errors import DataError
 
