@@ -1,7 +1,7 @@
 """``retinadet data check``: statistics, every problem with its file, and anchor coverage.
 
 Anchor coverage is the share of (non-crowd) ground-truth boxes whose best anchor
-reaches IoU >= 0.5 (a positive for the default matcher) and >= 0.4, computed at
+reaches IoU >= 0.5 and >= 0.4 (positive for the torchvision-style presets and for ``fast``), computed at
 the size the model will actually see (its resize rule, or ``--imgsz``).
 """
 

@@ -31,7 +31,7 @@ class TrainConfig:
     clip_grad: Optional[float] = 10.0
     amp: Any = False  # False | True | "bf16" | "fp16"
     ema: bool = False
-    ema_decay: float = 0.9998
+    ema_decay: Optional[float] = None  # None: from the run length (see ema_schedule)
     # NHWC weights and activations; None: on for CPU, where oneDNN convolutions run faster in it.
     channels_last: Optional[bool] = None
     freeze: Optional[int] = None  # backbone trainable layers (0..5)
@@ -91,6 +91,13 @@ class TrainConfig:
         if self.lr is not None:
             return float(self.lr)
         return 0.01 if self.optimizer == "sgd" else 0.003
+
+    def ema_schedule(self, total_iters: int) -> tuple[float, float]:
+        """(decay, warm-up tau) of the weight EMA. The average spans about a ninth of the run: a fixed 0.9998
+        with a 2000-step warm-up (long-schedule practice) would still be warming up when a 900-step run ends."""
+        span = max(1.0, total_iters / 9)
+        decay = self.ema_decay if self.ema_decay is not None else min(0.9999, max(0.99, 1 - 1 / span))
+        return float(decay), float(min(2000.0, span))
 
     @property
     def decay(self) -> float:

@@ -155,14 +155,16 @@ def confusion_matrix(data: DatasetRecords, detections: np.ndarray, conf: float =
 
 def evaluate(model, data: DatasetRecords, *, batch_size: int = 8, workers: int = 0, device: torch.device | str = "cpu",
              amp: Any = False, dist_info: Optional[DistInfo] = None, conf: float = 0.25, keep_first_batch: bool = False,
-             progress: bool = False) -> Optional[EvalResult]:
+             progress: bool = False, batches: Optional[Sequence[dict]] = None) -> Optional[EvalResult]:
     """Run ``model`` on ``data`` (its own preprocess), then COCO-evaluate. Under DDP every rank infers on
-    its shard; predictions are gathered and rank 0 evaluates (other ranks get None)."""
+    its shard; predictions are gathered and rank 0 evaluates (other ranks get None). ``batches``: this
+    rank's batches of ``data`` from ``eval_loader``, already decoded (training keeps them between epochs)."""
     from retinadet.engine.loaders import eval_loader
 
     info = dist_info or DistInfo()
     device = torch.device(device)
-    loader = eval_loader(data, model.cfg.preprocess, batch_size, workers, info.rank, info.world_size)
+    loader = batches if batches is not None else eval_loader(data, model.cfg.preprocess, batch_size, workers, info.rank,
+                                                             info.world_size)
     dets, first = run_inference(model, loader, device, amp, keep_first_batch=keep_first_batch, progress=progress)
     parts = all_gather_objects(dets, info)
     if not info.is_main:

@@ -141,3 +141,24 @@ def test_finetune_reinitialises_class_layer(trained_run, tiny_data, tmp_path):
     # The rest of the network came from the weights (same input size as the source run).
     src = torch.load(trained_run / "weights" / "best.pt", weights_only=True)
     assert ck["model_config"]["preprocess"]["max_size"] == src["model_config"]["preprocess"]["max_size"]
+
+
+@pytest.mark.parametrize("cache_bytes, loads", [(None, 1), (0, 2)])
+def test_validation_decodes_val_images_once_when_they_fit(tiny_data, tmp_path, monkeypatch, cache_bytes, loads):
+    """Val batches are kept between epochs (or streamed when over the cap); val/ is written when the run ends."""
+    import retinadet
+    import retinadet.engine.loaders as loaders
+    import retinadet.engine.train as train_mod
+
+    calls = []
+    real = loaders.eval_loader
+    monkeypatch.setattr(loaders, "eval_loader", lambda *a, **k: calls.append(1) or real(*a, **k))
+    if cache_bytes is not None:
+        monkeypatch.setattr(train_mod, "VAL_CACHE_BYTES", cache_bytes)
+    res = retinadet.train(data=str(tiny_data), epochs=2, batch=4, imgsz=64, workers=0, project=str(tmp_path),
+                          progress=False, plots=False, model_overrides={"inference.score_thresh": 0.001})
+    assert len(calls) == loads
+    header, rows = read_csv(res.save_dir / "results.csv")
+    metrics = json.loads((res.save_dir / "val" / "metrics.json").read_text())
+    assert metrics["AP"] == pytest.approx(float(rows[-1][header.index("AP")]), abs=1e-6)
+    assert (res.save_dir / "val" / "predictions.json").is_file()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import math
 import shutil
 
@@ -71,6 +73,49 @@ def test_optimizer_defaults_follow_the_optimizer():
     sgd = build_optimizer(m, TrainConfig(optimizer="sgd"))
     assert sgd.param_groups[0]["lr"] == 0.01 and sgd.param_groups[0]["weight_decay"] == 1e-4
     assert build_optimizer(m, TrainConfig(optimizer="sgd", weight_decay=0.0)).param_groups[0]["weight_decay"] == 0.0
+
+
+def test_adamw_uses_the_fused_kernel_and_matches_the_reference_update():
+    from retinadet.engine.config import TrainConfig
+    from retinadet.engine.train import build_optimizer, param_groups
+
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    ref, start = copy.deepcopy(m), copy.deepcopy(m)
+    opt = build_optimizer(m, TrainConfig())
+    assert opt.defaults["fused"] is True
+    ref_opt = torch.optim.AdamW(param_groups(ref, 0.05), lr=0.003, foreach=False)
+    x = torch.randn(2, 3, 8, 8)
+    for _ in range(3):
+        for model, o in ((m, opt), (ref, ref_opt)):
+            o.zero_grad()
+            model(x).square().mean().backward()
+            o.step()
+    for a, b in zip(m.parameters(), ref.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(m[0].weight, start[0].weight)  # the weights did move
+
+
+def test_ema_spans_a_fraction_of_the_run():
+    from retinadet.engine.checkpointing import ModelEMA
+    from retinadet.engine.config import TrainConfig
+
+    assert TrainConfig().ema_schedule(900) == (0.99, 100.0)  # the default recipe's 12 x 75 steps
+    decay, tau = TrainConfig().ema_schedule(500_000)
+    assert decay == 0.9999 and tau == 2000.0
+    assert TrainConfig(ema_decay=0.995).ema_schedule(900)[0] == 0.995
+    # Weights that jitter around a fixed point for 900 steps: the short-run schedule averages the jitter
+    # away; the long-schedule default is still in its warm-up, where the "average" is the latest weights.
+    g = torch.Generator().manual_seed(0)
+    for (decay, tau), smoothed in (((0.99, 100.0), True), ((0.9998, 2000.0), False)):
+        m = torch.nn.Linear(16, 16, bias=False)
+        ema = ModelEMA(m, decay, tau)
+        for _ in range(900):
+            with torch.no_grad():
+                m.weight.copy_(torch.randn(16, 16, generator=g))
+            ema.update(m)
+        spread = float(ema.module.weight.std())
+        assert (spread < 0.3) is smoothed, (decay, spread)
 
 
 def test_run_dirs_increment(tmp_path):
