@@ -193,7 +193,7 @@ def main():
     b_tr = args.batch / statistics.median(train_t[base])
     print(f"\nRetinaNet ResNet-50 FPN, {args.size}x{args.size}, batch {args.batch}, {args.threads} threads, "
           f"median of {args.rounds} rounds, torch {torch.__version__}, cpu capability {torch.backends.cpu.get_cpu_capability()}")
-    print(f"| model | inference img/s | ratio | train step img/s | ratio | peak RSS MB (infer / train) |")
+    print("| model | inference img/s | ratio | train step img/s | ratio | peak RSS MB (infer / train) |")
     print("|---|---|---|---|---|---|")
     for r in runners:
         inf = args.batch / statistics.median(infer_t[r.name])

@@ -48,7 +48,7 @@ md("""
     **Tiny settings.** To keep this notebook to a few minutes on a 2-core CPU it uses a small freshly generated
     `shapes` dataset (128 px images), a 4-epoch run and `workers=0`. The model it trains detects little; the
     point is the pipeline, not the score. Real runs use the defaults: `retinadet train` trains the `fast`
-    preset for 12 epochs on 600 images at 288 px (see the README for measured results), and
+    preset for 13 epochs on 600 images at 288 px (see the README for measured results), and
     `retinadet train --data your_data` does the same on your data.
 """)
 code('''

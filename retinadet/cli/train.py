@@ -14,7 +14,7 @@ AMP_VALUES = {"off": False, "on": True, "bf16": "bf16", "fp16": "fp16"}
 @click.option("--data", default=None, help="Dataset path or YAML (any format the data layer reads) or 'shapes'. [default: shapes]")
 @click.option("--model", default=None, help="Model preset or backbone name. [default: fast, or the --weights model]")
 @click.option("--imgsz", type=int, default=None, help="Input size (short side and long-side cap).")
-@click.option("--epochs", type=int, default=None, help="Epochs. [default: 12]")
+@click.option("--epochs", type=int, default=None, help="Epochs. [default: 13]")
 @click.option("--batch", type=int, default=None, help="Batch size (per process). [default: 8]")
 @click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), default=None, help="[default: adamw]")
 @click.option("--lr", type=float, default=None, help="Base learning rate. [default: 0.003 adamw, 0.01 sgd]")

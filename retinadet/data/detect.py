@@ -25,7 +25,7 @@ from retinadet.data.formats.coco import ROBOFLOW_ANNOTATION_FILE, load_coco_json
 from retinadet.data.formats.csv_format import read_csv
 from retinadet.data.formats.voc import is_voc_root, list_voc_splits, read_voc
 from retinadet.data.formats.yolo import parse_names, read_yolo
-from retinadet.data.records import DatasetRecords, ImageRecord, check_unique_ids
+from retinadet.data.records import DatasetRecords, ImageRecord
 from retinadet.errors import DataError
 
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "test": "test",

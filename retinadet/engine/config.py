@@ -18,7 +18,7 @@ class TrainConfig:
     model: Optional[str] = None  # preset or backbone; default "fast" (or the --weights model)
     imgsz: Optional[int] = None
     # The defaults are the measured CPU recipe of `retinadet train` (fast preset, shapes data).
-    epochs: int = 12
+    epochs: int = 13
     batch: int = 8
     val_batch: Optional[int] = None
     optimizer: str = "adamw"

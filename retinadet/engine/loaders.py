@@ -9,7 +9,7 @@ already trained on, and each sample's augmentation is drawn from an RNG seeded w
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler

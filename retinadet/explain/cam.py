@@ -31,7 +31,7 @@ import contextlib
 import time
 import types
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -12,7 +12,6 @@ back to original pixels as :func:`retinadet.model.preprocess.boxes_to_original` 
 from __future__ import annotations
 
 import colorsys
-import glob
 import json
 import math
 import os
@@ -24,7 +23,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from retinadet.engine.run_dir import atomic_write_text, increment_run_dir
-from retinadet.engine.sources import IMAGE_EXTENSIONS, VIDEO_SUFFIXES, list_sources
+from retinadet.engine.sources import list_sources
 from retinadet.errors import DataError
 from retinadet.export.errors import ExportError
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-import pytest
 from click.testing import CliRunner
 
 from data_support import write_coco, write_image

@@ -11,7 +11,6 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
-import pytest
 from export_support import CLASS_NAMES
 
 REPO = Path(__file__).resolve().parents[2]
