@@ -82,6 +82,8 @@ class TrainConfig:
             raise ConfigError(f"--freeze (backbone trainable layers) must be in 0..5, got {self.freeze}")
         if self.amp not in (False, True, "bf16", "fp16"):
             raise ConfigError(f"--amp must be off, on, bf16 or fp16, got {self.amp!r}")
+        if self.ema_decay is not None and not 0.0 < float(self.ema_decay) < 1.0:
+            raise ConfigError(f"ema_decay must be between 0 and 1 (exclusive), got {self.ema_decay}")
         if self.val_every < 1:
             raise ConfigError(f"--val-every must be >= 1, got {self.val_every}")
         return self

@@ -155,10 +155,13 @@ def confusion_matrix(data: DatasetRecords, detections: np.ndarray, conf: float =
 
 def evaluate(model, data: DatasetRecords, *, batch_size: int = 8, workers: int = 0, device: torch.device | str = "cpu",
              amp: Any = False, dist_info: Optional[DistInfo] = None, conf: float = 0.25, keep_first_batch: bool = False,
-             progress: bool = False, batches: Optional[Sequence[dict]] = None) -> Optional[EvalResult]:
+             progress: bool = False, batches: Optional[Sequence[dict]] = None,
+             with_confusion: bool = True) -> Optional[EvalResult]:
     """Run ``model`` on ``data`` (its own preprocess), then COCO-evaluate. Under DDP every rank infers on
     its shard; predictions are gathered and rank 0 evaluates (other ranks get None). ``batches``: this
-    rank's batches of ``data`` from ``eval_loader``, already decoded (training keeps them between epochs)."""
+    rank's batches of ``data`` from ``eval_loader``, already decoded (training keeps them between epochs).
+    ``with_confusion=False`` leaves the confusion matrix to ``write_eval_outputs``, for callers that draw
+    only the last of many evaluations."""
     from retinadet.engine.loaders import eval_loader
 
     info = dist_info or DistInfo()
@@ -172,7 +175,8 @@ def evaluate(model, data: DatasetRecords, *, batch_size: int = 8, workers: int =
     dets = np.concatenate(parts) if len(parts) > 1 else dets
     stats, precision = coco_eval(data, dets)
     ap, ap50 = per_class_ap(precision, data.class_names)
-    return EvalResult(stats, ap, ap50, dets, precision, confusion_matrix(data, dets, conf), first)
+    confusion = confusion_matrix(data, dets, conf) if with_confusion else None
+    return EvalResult(stats, ap, ap50, dets, precision, confusion, first)
 
 
 def coco_results(detections: np.ndarray, category_ids: Sequence[int], class_names: Optional[Sequence[str]] = None,
@@ -216,6 +220,8 @@ def write_eval_outputs(result: EvalResult, data: DatasetRecords, out_dir: str | 
              "predictions": write_json(out / "predictions.json", coco_results(result.detections, data.category_ids))}
     if plots:
         files["pr_curves"] = plot_pr_curves(result.precision, data.class_names, out / "PR_curves.png")
+        if result.confusion is None:
+            result.confusion = confusion_matrix(data, result.detections, conf)
         files["confusion"] = plot_confusion(result.confusion, data.class_names, out / "confusion_matrix.png", conf)
     return files
 

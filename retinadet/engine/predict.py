@@ -10,7 +10,6 @@ from typing import Any, Iterator, Optional
 
 import torch
 
-
 from retinadet.engine.sources import VIDEO_SUFFIXES, list_sources as _list_sources
 
 

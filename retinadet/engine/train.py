@@ -502,7 +502,7 @@ class _Trainer:
         if do_val:
             res = evaluate(self._eval_model(), self.val_data, batch_size=self.val_batch, workers=min(cfg.workers, 2),
                            device=self.device, amp=cfg.amp, dist_info=self.dist, conf=cfg.conf,
-                           keep_first_batch=main and cfg.plots, batches=self._val_batches())
+                           keep_first_batch=main and cfg.plots, batches=self._val_batches(), with_confusion=False)
             vm = res.metrics() if res is not None else None
             vm = D.broadcast_object(vm, self.dist)
             metrics.update(vm)

@@ -104,6 +104,10 @@ def test_ema_spans_a_fraction_of_the_run():
     decay, tau = TrainConfig().ema_schedule(500_000)
     assert decay == 0.9999 and tau == 2000.0
     assert TrainConfig(ema_decay=0.995).ema_schedule(900)[0] == 0.995
+    from retinadet.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="ema_decay must be between 0 and 1"):
+        TrainConfig.from_dict({"ema_decay": 1.5})
     # Weights that jitter around a fixed point for 900 steps: the short-run schedule averages the jitter
     # away; the long-schedule default is still in its warm-up, where the "average" is the latest weights.
     g = torch.Generator().manual_seed(0)
