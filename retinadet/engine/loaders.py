@@ -39,7 +39,9 @@ class SeededDataset(Dataset):
 
     def __getitem__(self, index: int):
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((self.seed * 1_000_003 + self.epoch * 100_003 + int(index)) % (2**63 - 1))
+            # Only the CPU generator: torch.manual_seed also queues a seed for every lazy accelerator
+            # module, formatting a stack trace each time (1.7 ms a sample, a fifth of loading it).
+            torch.default_generator.manual_seed((self.seed * 1_000_003 + self.epoch * 100_003 + int(index)) % (2**63 - 1))
             return self.inner[index]
 
 

@@ -52,13 +52,17 @@ class RetinaNet(nn.Module):
 
     def normalize(self, images: Tensor, image_sizes: Optional[Tensor] = None) -> Tensor:
         """uint8 [0, 255] or float [0, 1] padded images -> normalised, padding kept at zero."""
-        x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-        x = (x - self.pixel_mean) / self.pixel_std
+        # One copy (already in the layout the convolutions want) and in-place arithmetic: the naive
+        # chain of five full-size temporaries cost 25 ms a batch of eight 288 px images on one core.
+        layout = torch.channels_last if self.channels_last and images.dim() == 4 else torch.preserve_format
+        x = images.to(torch.float32, memory_format=layout, copy=True)
+        scale = 1.0 / (self.pixel_std * 255.0) if images.dtype == torch.uint8 else 1.0 / self.pixel_std
+        x.mul_(scale).sub_(self.pixel_mean / self.pixel_std)
         if image_sizes is not None:
             h, w = x.shape[-2:]
             rows = torch.arange(h, device=x.device)[None, :, None] < image_sizes[:, 0, None, None]
             cols = torch.arange(w, device=x.device)[None, None, :] < image_sizes[:, 1, None, None]
-            x = x * (rows & cols).unsqueeze(1).to(x.dtype)
+            x.mul_((rows & cols).unsqueeze(1).to(x.dtype))
         return x
 
     def forward_raw(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, list[int]]:
