@@ -81,9 +81,14 @@ class BoxCoderConfig:
 
 @dataclass
 class MatcherConfig:
+    # "iou": fixed IoU thresholds (the paper). "atss": adaptive thresholds (Zhang et al., 2020): per box, the
+    # ``topk`` anchors nearest its centre on each level are candidates, and those whose IoU reaches the
+    # candidates' mean + std and whose centre lies inside the box are positive; fg_iou is then unused.
+    kind: str = "iou"
     fg_iou: float = 0.5
-    bg_iou: float = 0.4
+    bg_iou: float = 0.4  # "atss": crowd boxes overlapping an anchor by this much make it ignored
     allow_low_quality: bool = True
+    topk: int = 9
 
 
 @dataclass
@@ -186,6 +191,10 @@ class ModelConfig:
             raise ConfigError(f"backbone.trainable_layers must be in 0..5, got {self.backbone.trainable_layers}")
         if not self.matcher.bg_iou <= self.matcher.fg_iou:
             raise ConfigError("matcher.bg_iou must be <= matcher.fg_iou")
+        if self.matcher.kind not in ("iou", "atss"):
+            raise ConfigError(f"matcher.kind must be 'iou' or 'atss', got '{self.matcher.kind}'")
+        if self.matcher.topk < 1:
+            raise ConfigError(f"matcher.topk must be >= 1, got {self.matcher.topk}")
         return self
 
 

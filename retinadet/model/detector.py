@@ -79,18 +79,19 @@ class RetinaNet(nn.Module):
     def forward(self, images: Tensor, targets: Optional[dict[str, Tensor]] = None, image_sizes: Optional[Tensor] = None):
         cls_logits, box_deltas, anchors, per_level = self.forward_raw(images)
         if targets is not None:
-            return self.compute_loss(cls_logits, box_deltas, anchors, targets)
+            return self.compute_loss(cls_logits, box_deltas, anchors, targets, per_level)
         if image_sizes is None:
             image_sizes = torch.tensor([images.shape[-2:]], device=images.device).expand(images.shape[0], 2)
         return self.postprocess(cls_logits, box_deltas, anchors, per_level, image_sizes, images.shape[-2:])
 
-    def compute_loss(self, cls_logits: Tensor, box_deltas: Tensor, anchors: Tensor, targets: dict[str, Tensor]) -> dict[str, Tensor]:
+    def compute_loss(self, cls_logits: Tensor, box_deltas: Tensor, anchors: Tensor, targets: dict[str, Tensor],
+                     per_level: Optional[list[int]] = None) -> dict[str, Tensor]:
         boxes = targets["boxes"].to(anchors.dtype)
         labels = targets["labels"]
         valid = labels >= 0
         crowd = targets.get("crowd")
         crowd = torch.zeros_like(valid) if crowd is None else crowd.bool() & valid
-        matched = match_anchors(anchors, boxes, valid, crowd, self.cfg.matcher)
+        matched = match_anchors(anchors, boxes, valid, crowd, self.cfg.matcher, per_level)
         losses = detection_losses(
             cls_logits.float(), box_deltas.float(), anchors, matched, boxes, labels, self.box_coder, self.cfg.loss
         )

@@ -1,4 +1,6 @@
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from retinadet.model.box_coder import BoxCoder
 from retinadet.model.config import LossConfig, MatcherConfig
@@ -54,3 +56,86 @@ def test_losses_are_batched_and_an_empty_image_gives_background_loss_only():
     assert singles[1]["box"] == 0 and singles[1]["cls"] > 0
     batched["cls"].backward()
     assert logits.grad[1].abs().sum() > 0, "the empty image must contribute background loss"
+
+
+def _atss_reference(anchors, per_level, boxes, topk):
+    """ATSS (Zhang et al., 2020) for one image, box by box, as the paper states it."""
+    from torchvision.ops import box_iou
+
+    centres = (anchors[:, :2] + anchors[:, 2:]) / 2
+    best = torch.full((anchors.shape[0],), -1.0)
+    owner = torch.full((anchors.shape[0],), BACKGROUND, dtype=torch.long)
+    for g, box in enumerate(boxes):
+        iou = box_iou(box[None], anchors)[0]
+        dist = (centres - (box[:2] + box[2:]) / 2).norm(dim=1)
+        cand, start = [], 0
+        for count in per_level:
+            order = sorted(range(start, start + count), key=lambda i: (float(dist[i]), i))
+            cand += order[:topk]
+            start += count
+        cand_iou = iou[cand]
+        threshold = cand_iou.mean() + cand_iou.std()
+        for i in cand:
+            cx, cy = centres[i]
+            inside = min(cx - box[0], cy - box[1], box[2] - cx, box[3] - cy) > 0.01
+            if iou[i] >= threshold and inside and iou[i] > best[i]:
+                best[i], owner[i] = iou[i], g
+    return owner
+
+
+def _grid_anchors(strides=(8, 16), size=64):
+    out, per_level = [], []
+    for s in strides:
+        c = torch.arange(s / 2, size, s)
+        cy, cx = torch.meshgrid(c, c, indexing="ij")
+        level = []
+        for side in (1.5 * s, 2.5 * s):  # two anchors per location: distances tie, as with real anchors
+            h = side / 2
+            level.append(torch.stack([cx - h, cy - h, cx + h, cy + h], -1).reshape(-1, 4))
+        level = torch.stack(level, 1).reshape(-1, 4)
+        out.append(level)
+        per_level.append(level.shape[0])
+    return torch.cat(out), per_level
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.tuples(st.floats(0, 54), st.floats(0, 54), st.floats(3, 40), st.floats(3, 40)), min_size=1, max_size=4),
+       st.sampled_from([2, 4, 8]))
+def test_atss_matches_a_per_box_reference(raw, topk):
+    anchors, per_level = _grid_anchors()
+    # topk is a whole number of locations (2 anchors each), and the odd offsets keep a box centre from lying
+    # exactly between two locations: ties there may be broken either way.
+    boxes = torch.tensor([[x + 0.0371, y + 0.0173, min(64.0, x + w) + 0.0371, min(64.0, y + h) + 0.0173] for x, y, w, h in raw])
+    pad = torch.zeros(2, 4)  # padding rows must never match
+    gt = torch.cat([boxes, pad])[None]
+    valid = torch.tensor([[True] * len(boxes) + [False, False]])
+    cfg = MatcherConfig(kind="atss", topk=topk)
+    matched = match_anchors(anchors, gt, valid, torch.zeros_like(valid), cfg, per_level)[0]
+    expected = _atss_reference(anchors, per_level, boxes, topk)
+    assert torch.equal(matched, expected)
+
+
+def test_atss_gives_a_small_box_more_positives_than_fixed_iou():
+    from retinadet.model.anchors import grid_anchors
+    from retinadet.model.presets import get_preset
+
+    # The fast preset's anchors on its 288 px canvas, and a 10x11 px object: the size that recall lacked.
+    levels = grid_anchors(get_preset("fast").anchors, (288, 288), [(36, 36), (18, 18), (9, 9), (5, 5), (3, 3)])
+    anchors, per_level = torch.cat(levels).float(), [lv.shape[0] for lv in levels]
+    gt = torch.tensor([[[100.0, 100.0, 110.0, 111.0]]])
+    one = torch.ones(1, 1, dtype=torch.bool)
+    fixed = match_anchors(anchors, gt, one, ~one, MatcherConfig(fg_iou=0.4, bg_iou=0.3), per_level)
+    atss = match_anchors(anchors, gt, one, ~one, MatcherConfig(kind="atss", topk=9), per_level)
+    assert int((atss == 0).sum()) > int((fixed == 0).sum()) >= 1
+    assert (atss != IGNORE).all(), "ATSS leaves no ignore band without crowd boxes"
+
+
+def test_unknown_matcher_kind_is_a_config_error():
+    import pytest
+
+    from retinadet.errors import ConfigError
+    from retinadet.model.presets import get_preset
+
+    with pytest.raises(ConfigError, match="matcher.kind must be 'iou' or 'atss', got 'atts'"):
+        get_preset("fast", {"matcher.kind": "atts"})
+    assert get_preset("fast", {"matcher.kind": "atss"}).matcher.kind == "atss"
