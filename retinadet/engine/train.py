@@ -197,7 +197,8 @@ class _Trainer:
             if not isinstance(saved, dict) or "train_state" not in ck:
                 raise RetinadetError(f"{last}: holds no training state to resume from (not a last.pt)")
             keep = {k: options[k] for k in ("device", "workers", "max_iters", "progress") if options.get(k) is not None}
-            self.cfg = TrainConfig.from_dict({**saved, **keep, "resume": str(last)})
+            # max_iters counts the steps of one call: the interrupted call's limit is not the resumed one's.
+            self.cfg = TrainConfig.from_dict({**saved, "max_iters": None, **keep, "resume": str(last)})
             self.resume_ckpt = ck
             self.save_dir = last.parent.parent
         else:
