@@ -48,8 +48,8 @@ md("""
     **Tiny settings.** To keep this notebook to a few minutes on a 2-core CPU it uses a small freshly generated
     `shapes` dataset (128 px images), a 4-epoch run and `workers=0`. The model it trains detects little; the
     point is the pipeline, not the score. Real runs use the defaults: `retinadet train` trains the `fast`
-    preset for 13 epochs on 600 images at 288 px (see the README for measured results), and
-    `retinadet train --data your_data` does the same on your data.
+    preset for 14 epochs on 600 images, the first 7 at 224 px and the rest at 288 px (see the README for
+    measured results), and `retinadet train --data your_data` does the same on your data.
 """)
 code('''
     import io
@@ -414,7 +414,8 @@ md("""
     `retinadet.train(...)` takes the same options as `retinadet train` and writes a run folder: the resolved config
     (`args.yaml`), a log, `results.csv` (losses, learning rate, the 12 COCO stats and time per epoch), `results.png`,
     validation outputs, and `weights/last.pt` (every epoch, resumable) and `weights/best.pt` (best val AP).
-    The learning rate warms up, then follows a cosine per iteration.
+    The learning rate warms up, then follows a cosine per iteration, and the first half of the epochs train on
+    smaller inputs (progressive resizing: 96 px here, validation at 128 px).
 
     The settings here are **tiny** (48 images at 128 px, 4 epochs, batch 8, `workers=0`) so the notebook stays fast;
     a real run is `retinadet train` with its defaults, or `--data your_data --epochs 24` and a larger model.

@@ -14,7 +14,7 @@ AMP_VALUES = {"off": False, "on": True, "bf16": "bf16", "fp16": "fp16"}
 @click.option("--data", default=None, help="Dataset path or YAML (any format the data layer reads) or 'shapes'. [default: shapes]")
 @click.option("--model", default=None, help="Model preset or backbone name. [default: fast, or the --weights model]")
 @click.option("--imgsz", type=int, default=None, help="Input size (short side and long-side cap).")
-@click.option("--epochs", type=int, default=None, help="Epochs. [default: 13]")
+@click.option("--epochs", type=int, default=None, help="Epochs. [default: 14]")
 @click.option("--batch", type=int, default=None, help="Batch size (per process). [default: 8]")
 @click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), default=None, help="[default: adamw]")
 @click.option("--lr", type=float, default=None, help="Base learning rate. [default: 0.003 adamw, 0.01 sgd]")
@@ -32,6 +32,10 @@ AMP_VALUES = {"off": False, "on": True, "bf16": "bf16", "fp16": "fp16"}
               help="NHWC memory format (default: on for CPU, where it trains faster).")
 @click.option("--freeze", type=int, default=None, help="Backbone trainable layers (0..5; 5 = none frozen).")
 @click.option("--augment", type=click.Choice(["none", "default", "strong"]), default=None, help="[default: default]")
+@click.option("--progressive", type=float, default=None,
+              help="Fraction of the epochs (the first ones) trained on smaller inputs; 0 = off. [default: 0.5]")
+@click.option("--progressive-scale", type=float, default=None,
+              help="Input size of those epochs, as a fraction of the model's. [default: 0.78]")
 @click.option("--device", default=None, help="auto, cpu, cuda, cuda:N or mps. [default: auto]")
 @click.option("--workers", type=int, default=None, help="Data loader processes. [default: 2]")
 @click.option("--seed", type=int, default=None, help="[default: 0]")

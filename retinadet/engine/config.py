@@ -18,7 +18,7 @@ class TrainConfig:
     model: Optional[str] = None  # preset or backbone; default "fast" (or the --weights model)
     imgsz: Optional[int] = None
     # The defaults are the measured CPU recipe of `retinadet train` (fast preset, shapes data).
-    epochs: int = 13
+    epochs: int = 14
     batch: int = 8
     val_batch: Optional[int] = None
     optimizer: str = "adamw"
@@ -36,6 +36,11 @@ class TrainConfig:
     channels_last: Optional[bool] = None
     freeze: Optional[int] = None  # backbone trainable layers (0..5)
     augment: str = "default"
+    # Progressive resizing: this fraction of the epochs (the first ones; never the last) trains on inputs
+    # progressive_scale times the model's input size. Such an epoch costs about scale^2 of a full one;
+    # validation always runs at full size.
+    progressive: float = 0.5
+    progressive_scale: float = 0.78
     device: str = "auto"
     workers: int = 2
     seed: int = 0
@@ -86,7 +91,16 @@ class TrainConfig:
             raise ConfigError(f"ema_decay must be between 0 and 1 (exclusive), got {self.ema_decay}")
         if self.val_every < 1:
             raise ConfigError(f"--val-every must be >= 1, got {self.val_every}")
+        if not 0.0 <= float(self.progressive) <= 1.0:
+            raise ConfigError(f"--progressive (fraction of epochs on smaller inputs) must be in [0, 1], got {self.progressive}")
+        if not 0.0 < float(self.progressive_scale) <= 1.0:
+            raise ConfigError(f"--progressive-scale must be in (0, 1], got {self.progressive_scale}")
         return self
+
+    @property
+    def small_epochs(self) -> int:
+        """Epochs at the start that train on smaller inputs (half rounds up; the last epoch is always full size)."""
+        return max(0, min(int(self.progressive * self.epochs + 0.5), self.epochs - 1))
 
     @property
     def base_lr(self) -> float:

@@ -8,8 +8,9 @@ already trained on, and each sample's augmentation is drawn from an RNG seeded w
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
@@ -53,11 +54,27 @@ def epoch_batches(n: int, groups: list[int], batch_size: int, seed: int, epoch: 
     return list(GroupedBatchSampler(sampler, groups, batch_size, drop_last=False))
 
 
+def scaled_preprocess(preprocess: Any, scale: float) -> Any:
+    """The model's resize rule with every target size scaled (multiples of the size divisor, at least one)."""
+    step = preprocess.size_divisible or 32
+
+    def size(value):
+        return None if value is None else max(step, int(value * scale / step + 0.5) * step)
+
+    return dataclasses.replace(preprocess, min_size=size(preprocess.min_size), max_size=size(preprocess.max_size),
+                               fixed_size=size(preprocess.fixed_size))
+
+
 class TrainLoader:
-    """Iterates one epoch from a given batch index; ``len`` is the full epoch."""
+    """Iterates one epoch from a given batch index; ``len`` is the full epoch.
+
+    With ``small=(epochs, preprocess)``, epochs before ``epochs`` resize with that preprocess instead
+    (progressive resizing): which inputs an epoch sees stays a function of the epoch, so resume is exact.
+    """
 
     def __init__(self, data: DatasetRecords, preprocess: Any, batch_size: int, augment: str = "default",
-                 workers: int = 0, seed: int = 0, rank: int = 0, world: int = 1, pin_memory: bool = False):
+                 workers: int = 0, seed: int = 0, rank: int = 0, world: int = 1, pin_memory: bool = False,
+                 small: Optional[tuple[int, Any]] = None):
         if len(data) == 0:
             raise DataError(f"{data.root}: split '{data.split}' has no images")
         self.dataset = DetectionDataset(data, build_transform(augment, preprocess))
@@ -65,6 +82,12 @@ class TrainLoader:
         self.batch_size, self.workers, self.seed = int(batch_size), int(workers), int(seed)
         self.rank, self.world, self.pin_memory = rank, world, pin_memory
         self.collate = DetectionCollate(preprocess.size_divisible or 32, preprocess.fixed_size)
+        self.small_epochs, self.small = 0, None
+        if small is not None and small[0] > 0:
+            pre = small[1]
+            self.small_epochs = int(small[0])
+            self.small = (DetectionDataset(data, build_transform(augment, pre)),
+                          DetectionCollate(pre.size_divisible or 32, pre.fixed_size))
         self.counters = LoaderCounters()
 
     def __len__(self) -> int:
@@ -72,9 +95,10 @@ class TrainLoader:
         return math.ceil(per_rank / self.batch_size)
 
     def epoch(self, epoch: int, start: int = 0):
+        dataset, collate = self.small if epoch < self.small_epochs else (self.dataset, self.collate)
         batches = epoch_batches(len(self.dataset), self.groups, self.batch_size, self.seed, epoch, self.rank, self.world)
-        loader = DataLoader(SeededDataset(self.dataset, self.seed, epoch), batch_sampler=batches[start:],
-                            num_workers=self.workers, collate_fn=self.collate, pin_memory=self.pin_memory,
+        loader = DataLoader(SeededDataset(dataset, self.seed, epoch), batch_sampler=batches[start:],
+                            num_workers=self.workers, collate_fn=collate, pin_memory=self.pin_memory,
                             generator=torch.Generator().manual_seed(self.seed + epoch))
         for batch in loader:
             stats = batch.pop("stats", None)

@@ -166,6 +166,10 @@ def state_digest(model: nn.Module) -> str:
     return h.hexdigest()
 
 
+def _input_size(preprocess: Any) -> int:
+    return int(preprocess.fixed_size or preprocess.max_size)
+
+
 def _autocast(device: torch.device, amp: Any):
     from retinadet.detector import autocast_context
 
@@ -232,7 +236,7 @@ class _Trainer:
     def _setup(self) -> None:
         from retinadet.engine.checkpointing import ModelEMA, set_rng_state
         from retinadet.engine.datasets import train_val_splits
-        from retinadet.engine.loaders import TrainLoader
+        from retinadet.engine.loaders import TrainLoader, scaled_preprocess
         from retinadet.engine.run_dir import RunLog, increment_run_dir, write_yaml
         from retinadet.engine.schedule import build_scheduler
         from retinadet.model import RetinaNet
@@ -279,8 +283,12 @@ class _Trainer:
                 self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
             else:
                 self.log("--sync-bn needs CUDA (SyncBatchNorm is GPU-only); ignored on this device")
+        small = None
+        if cfg.small_epochs:
+            scaled = scaled_preprocess(mcfg.preprocess, cfg.progressive_scale)
+            small = (cfg.small_epochs, scaled) if scaled != mcfg.preprocess else None  # too small to shrink
         self.loader = TrainLoader(self.train_data, mcfg.preprocess, cfg.batch, cfg.augment, cfg.workers, cfg.seed,
-                                  info.rank, world, pin_memory=self.device.type == "cuda")
+                                  info.rank, world, pin_memory=self.device.type == "cuda", small=small)
         self.ipe = len(self.loader)
         self.total_iters = cfg.epochs * self.ipe
         warmup = int(round(cfg.warmup_epochs * self.ipe))
@@ -342,6 +350,9 @@ class _Trainer:
                      f"{f' x{world}' if world > 1 else ''}; {cfg.epochs} epochs x {self.ipe} iterations; run dir {self.save_dir}")
             if self.cpu_tuning:
                 self.log(f"cpu: {', '.join(self.cpu_tuning)}")
+            if small is not None:
+                self.log(f"progressive resizing: epochs 1-{small[0]} train at {_input_size(small[1])}px, "
+                         f"then {_input_size(mcfg.preprocess)}px; validation at {_input_size(mcfg.preprocess)}px")
 
     # ------------------------------------------------------------------ checkpoints
     def _eval_model(self) -> nn.Module:

@@ -62,3 +62,20 @@ def test_sigterm_finishes_step_and_saves_position(tiny_data, tmp_path, monkeypat
     assert (ck["train_state"]["epoch"], ck["train_state"]["iter"]) == (0, 1)
     assert not (res.save_dir / "weights" / "best.pt").exists()
     assert signal.getsignal(signal.SIGTERM) is before  # the previous handler is restored
+
+
+def test_progressive_resizing_is_resumed_exactly(tiny_data, tmp_path):
+    # Epoch 1 of 2 trains at 64 px (96 * 0.67), epoch 2 at 96 px; the run stops inside the small epoch.
+    opts = {**OPTS, "imgsz": 96, "ema": False, "progressive": 0.5, "progressive_scale": 0.67}
+    full = train(data=str(tiny_data), project=str(tmp_path), name="full", **opts)
+    assert "progressive resizing: epochs 1-1 train at 64px, then 96px" in (full.save_dir / "train.log").read_text()
+    part = train(data=str(tiny_data), project=str(tmp_path), name="part", max_iters=1, **opts)
+    assert part.interrupted
+    resumed = train(resume=str(part.save_dir), workers=0, progress=False)
+    # The interrupted call's max_iters=1 is not inherited: the resumed call runs to the end.
+    assert not resumed.interrupted and resumed.epochs_completed == 2
+    a, b = _weights(full.last)[0], _weights(resumed.last)[0]
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6, msg=k)
+    plain = train(data=str(tiny_data), project=str(tmp_path), name="plain", **{**opts, "progressive": 0.0})
+    assert not torch.equal(_weights(plain.last)[0]["head.cls_logits.weight"], a["head.cls_logits.weight"])

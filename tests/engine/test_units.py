@@ -224,3 +224,30 @@ def test_presets_for_imagenet_backbones_train_everything_from_scratch():
                                                   model_overrides={"backbone.weights": "DEFAULT"}), 3, None)
     assert (pretrained.backbone.norm, pretrained.backbone.trainable_layers, notes) == ("frozen_bn", 3, [])
     assert _model_config(TrainConfig(), 3, None)[1] == []
+
+
+def test_progressive_resizing_epochs_and_sizes(tiny_data):
+    import dataclasses
+
+    from retinadet.engine.config import TrainConfig
+    from retinadet.engine.loaders import TrainLoader, scaled_preprocess
+    from retinadet.errors import ConfigError
+    from retinadet.model.presets import get_preset
+
+    assert [TrainConfig(epochs=e, progressive=0.5).small_epochs for e in (1, 2, 3, 13, 15)] == [0, 1, 2, 7, 8]
+    assert TrainConfig().small_epochs == 7 and TrainConfig(progressive=0.0).small_epochs == 0
+    for bad in ({"progressive": 1.5}, {"progressive_scale": 0.0}):
+        with pytest.raises(ConfigError, match="progressive"):
+            TrainConfig(**bad).validate()
+    pre = get_preset("fast").preprocess
+    assert scaled_preprocess(pre, 0.78).fixed_size == 224 and scaled_preprocess(pre, 0.01).fixed_size == 32
+    free = dataclasses.replace(pre, fixed_size=None, min_size=800, max_size=1333)
+    assert (scaled_preprocess(free, 0.5).min_size, scaled_preprocess(free, 0.5).max_size) == (416, 672)
+
+    pre96 = dataclasses.replace(pre, min_size=96, max_size=96, fixed_size=96)
+    loader = TrainLoader(train_val_splits(str(tiny_data), None, 0)[0], pre96, batch_size=4, small=(1, scaled_preprocess(pre96, 0.67)))
+    first, second = next(iter(loader.epoch(0))), next(iter(loader.epoch(1)))
+    assert first["images"].shape[-2:] == (64, 64) and second["images"].shape[-2:] == (96, 96)
+    # Boxes follow the smaller resize: every box fits its (smaller) image.
+    valid = first["labels"] >= 0
+    assert float(first["boxes"][valid].max()) <= 64 and float(second["boxes"][second["labels"] >= 0].max()) > 64
