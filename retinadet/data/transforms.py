@@ -171,7 +171,7 @@ class DetectionTransform:
         """Brightness, contrast, saturation (each with p=0.5, random order of the last two)
         and a mild per-channel colour cast. Hue rotation (as in RandomPhotometricDistort)
         is left out: it costs ~20 ms per 320 px image on one CPU core, more than all else.
-        The image goes to float once, not once per step: the uint8 round trips cost more than the arithmetic."""
+        The image is converted to float once, not by each step and back."""
         r = torch.rand(5)
         x = F.to_dtype(image.as_subclass(torch.Tensor), torch.float32, scale=True)
         if r[0] < 0.5:
