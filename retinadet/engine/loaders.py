@@ -65,6 +65,12 @@ def scaled_preprocess(preprocess: Any, scale: float) -> Any:
                                fixed_size=size(preprocess.fixed_size))
 
 
+def _pipeline(data: DatasetRecords, augment: str, preprocess: Any) -> tuple[DetectionDataset, DetectionCollate]:
+    """The dataset (with its augmentation and resize) and the collate that pads its batches."""
+    return (DetectionDataset(data, build_transform(augment, preprocess)),
+            DetectionCollate(preprocess.size_divisible or 32, preprocess.fixed_size))
+
+
 class TrainLoader:
     """Iterates one epoch from a given batch index; ``len`` is the full epoch.
 
@@ -77,17 +83,13 @@ class TrainLoader:
                  small: Optional[tuple[int, Any]] = None):
         if len(data) == 0:
             raise DataError(f"{data.root}: split '{data.split}' has no images")
-        self.dataset = DetectionDataset(data, build_transform(augment, preprocess))
+        self.full = _pipeline(data, augment, preprocess)
+        self.small = _pipeline(data, augment, small[1]) if small is not None and small[0] > 0 else None
+        self.small_epochs = int(small[0]) if self.small is not None else 0
+        self.dataset = self.full[0]
         self.groups = aspect_ratio_groups(self.dataset.aspect_ratios())
         self.batch_size, self.workers, self.seed = int(batch_size), int(workers), int(seed)
         self.rank, self.world, self.pin_memory = rank, world, pin_memory
-        self.collate = DetectionCollate(preprocess.size_divisible or 32, preprocess.fixed_size)
-        self.small_epochs, self.small = 0, None
-        if small is not None and small[0] > 0:
-            pre = small[1]
-            self.small_epochs = int(small[0])
-            self.small = (DetectionDataset(data, build_transform(augment, pre)),
-                          DetectionCollate(pre.size_divisible or 32, pre.fixed_size))
         self.counters = LoaderCounters()
 
     def __len__(self) -> int:
@@ -95,7 +97,7 @@ class TrainLoader:
         return math.ceil(per_rank / self.batch_size)
 
     def epoch(self, epoch: int, start: int = 0):
-        dataset, collate = self.small if epoch < self.small_epochs else (self.dataset, self.collate)
+        dataset, collate = self.small if epoch < self.small_epochs else self.full
         batches = epoch_batches(len(self.dataset), self.groups, self.batch_size, self.seed, epoch, self.rank, self.world)
         loader = DataLoader(SeededDataset(dataset, self.seed, epoch), batch_sampler=batches[start:],
                             num_workers=self.workers, collate_fn=collate, pin_memory=self.pin_memory,
@@ -112,9 +114,8 @@ def eval_loader(data: DatasetRecords, preprocess: Any, batch_size: int, workers:
     """Sequential, no augmentation; rank r gets images r, r+world, ... (no padding duplicates)."""
     if len(data) == 0:
         raise DataError(f"{data.root}: split '{data.split}' has no images")
-    dataset = DetectionDataset(data, build_transform("none", preprocess))
+    dataset, collate = _pipeline(data, "none", preprocess)
     idx = list(range(rank, len(dataset), world))
     batches = [idx[i:i + batch_size] for i in range(0, len(idx), batch_size)]
-    return DataLoader(dataset, batch_sampler=batches, num_workers=workers,
-                      collate_fn=DetectionCollate(preprocess.size_divisible or 32, preprocess.fixed_size),
+    return DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate,
                       generator=torch.Generator().manual_seed(0))

@@ -562,7 +562,7 @@ class _Trainer:
 
         if self._val_cache is None:
             pre = self.model.cfg.preprocess
-            side = pre.fixed_size or pre.max_size
+            side = _input_size(pre)
             per_rank = math.ceil(len(self.val_data) / self.dist.world_size)
             if per_rank * 3 * side * side > VAL_CACHE_BYTES:
                 self._val_cache = False
