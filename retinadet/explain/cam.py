@@ -162,7 +162,8 @@ def eigencam(activation: Tensor) -> Tensor:
     principal component over positions (centred), signed so that it agrees with the mean
     activation, then ReLU. Gradient-free."""
     c, h, w = activation.shape
-    a = activation.detach().float().reshape(c, h * w).T  # [hw, C]
+    # At least float32 (half-precision SVD is not supported), never less precise than the input.
+    a = activation.detach().to(torch.promote_types(activation.dtype, torch.float32)).reshape(c, h * w).T  # [hw, C]
     centred = a - a.mean(dim=0, keepdim=True)
     if h * w < 2 or not torch.isfinite(centred).all() or float(centred.abs().max()) == 0.0:
         return torch.zeros(h, w, dtype=activation.dtype, device=activation.device)
