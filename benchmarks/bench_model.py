@@ -23,7 +23,7 @@ from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
-from retinadet.detector import autocast_context
+from retinadet.utils.device import autocast_context
 from retinadet.model import build_model
 from retinadet.weights.keymaps import drop_unused_buffers, from_torchvision
 

@@ -59,7 +59,7 @@ def _steal_share(before: list[int], after: list[int]) -> str:
 
 
 def _best_ap50(run: Path) -> float:
-    from retinadet.engine.run_dir import read_csv
+    from retinadet.utils.files import read_csv
 
     header, rows = read_csv(run / "results.csv")
     ap, ap50 = header.index("AP"), header.index("AP50")

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Optional, Sequence, Union
+from typing import Iterable, Optional, Sequence, Union
 
-import numpy as np
 import torch
 from torch import Tensor
 
+from retinadet.data.images import to_image_tensor
 from retinadet.errors import ConfigError, DataError
 from retinadet.model import ModelConfig, RetinaNet, resolve_model_config
 from retinadet.model.preprocess import boxes_to_original, preprocess_batch
-
-ImageSource = Union[str, os.PathLike, "np.ndarray", Tensor, Any]
+from retinadet.utils.device import autocast_context, resolve_device
 
 
 @dataclass
@@ -43,65 +40,6 @@ class Detections:
         for (x1, y1, x2, y2), s, lb in zip(self.boxes.tolist(), self.scores.tolist(), self.labels.tolist()):
             out.append({"bbox": [x1, y1, x2 - x1, y2 - y1], "score": s, "label": lb, "class_name": self.class_names[lb]})
         return out
-
-
-def resolve_device(device: Union[str, torch.device, None]) -> torch.device:
-    if device is None or str(device) == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device '{device}' requested but CUDA is not available; use --device cpu")
-    if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise ConfigError(f"device '{device}' requested but MPS is not available; use --device cpu")
-    return dev
-
-
-def autocast_context(device: torch.device, amp: Union[bool, str]):
-    """bf16 autocast on CPU (fast on AVX512-BF16/AMX), fp16 or bf16 on CUDA; off when amp is falsy."""
-    if not amp:
-        return contextlib.nullcontext()
-    if device.type == "cpu":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
-
-
-def to_image_tensor(source: ImageSource) -> tuple[Tensor, Optional[str]]:
-    """Any supported image -> (uint8 or [0, 1] float tensor [3, H, W], source name)."""
-    if isinstance(source, (str, os.PathLike)):
-        from retinadet.data.images import read_image
-
-        return read_image(source), str(source)
-    if isinstance(source, Tensor):
-        if source.dim() != 3 or source.shape[0] not in (1, 3):
-            raise DataError(f"image tensor must be [3, H, W] (or [1, H, W]), got shape {tuple(source.shape)}")
-        if source.shape[0] == 1:
-            source = source.expand(3, -1, -1)
-        if source.is_floating_point() and source.numel() and float(source.max()) > 1.0 + 1e-3:
-            raise DataError("float image tensors must be in [0, 1]; pass uint8 for 0..255 values")
-        return source, None
-    if isinstance(source, np.ndarray):
-        arr = source
-        if arr.ndim == 2:
-            arr = np.repeat(arr[..., None], 3, axis=2)
-        if arr.ndim != 3 or arr.shape[2] not in (3, 4):
-            raise DataError(f"numpy images must be HxW, HxWx3 or HxWx4, got shape {arr.shape}")
-        arr = np.ascontiguousarray(arr[..., :3])
-        tensor = torch.from_numpy(arr).permute(2, 0, 1)
-        if tensor.dtype != torch.uint8:
-            tensor = tensor.float()
-            if tensor.numel() and float(tensor.max()) > 1.0 + 1e-3:
-                raise DataError("float numpy images must be in [0, 1]; pass uint8 for 0..255 values")
-        return tensor, None
-    try:
-        from PIL import Image
-    except ImportError:  # pragma: no cover - pillow is a dependency
-        Image = None
-    if Image is not None and isinstance(source, Image.Image):
-        return to_image_tensor(np.array(source.convert("RGB")))
-    raise DataError(f"unsupported image type {type(source).__name__}: pass a path, PIL image, numpy array or tensor")
 
 
 def _as_list(sources) -> tuple[list, bool]:

@@ -291,7 +291,7 @@ md("""
 """)
 code('''
     from retinadet.model import build_model
-    from retinadet.model.detector import describe
+    from retinadet.model.retinanet import describe
 
 
     def summary(model, size=320):

@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     try:
         detector = retinadet.load(args.weights)
         if args.device:
-            from retinadet.detector import resolve_device
+            from retinadet.utils.device import resolve_device
 
             detector.device = resolve_device(args.device)
             detector.model.to(detector.device)

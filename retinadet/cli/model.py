@@ -43,7 +43,7 @@ def show(preset: str, overrides: tuple[str, ...]) -> None:
 def summary(spec: str, imgsz: int, num_classes: int | None) -> None:
     """Build SPEC (a preset or backbone name) and print shapes per level and parameter counts."""
     from retinadet.model import build_model
-    from retinadet.model.detector import describe
+    from retinadet.model.retinanet import describe
 
     model = build_model(spec, num_classes=num_classes)
     bb = model.backbone

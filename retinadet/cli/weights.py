@@ -18,7 +18,7 @@ def command() -> None:
 @click.argument("path", type=click.Path(dir_okay=False))
 def info_cmd(path: str) -> None:
     """Print what a weights file is: kind, preset, classes, size, metrics."""
-    from retinadet.weights.detect import format_info, read_weights
+    from retinadet.weights.identify import format_info, read_weights
 
     click.echo(format_info(read_weights(path)))
 

@@ -12,7 +12,7 @@ Modules, one concept each:
   check       check_dataset / format_report (`retinadet data check`)
 """
 
-from retinadet.data.detect import load_dataset, load_splits
+from retinadet.data.discover import load_dataset, load_splits
 from retinadet.data.formats.coco import coco_api, to_coco_dict
 from retinadet.data.images import read_image
 from retinadet.data.loading import DetectionDataset, DetectionLoader, build_loader, collate_detection

@@ -157,7 +157,7 @@ def check_dataset(path: str | os.PathLike, model: str = "fast", imgsz: Optional[
 
 
 def _check(path, model, imgsz, split, verify_images) -> CheckReport:
-    from retinadet.data.detect import load_splits, normalize_split
+    from retinadet.data.discover import load_splits, normalize_split
     from retinadet.errors import DataError
     from retinadet.model import resolve_model_config
 

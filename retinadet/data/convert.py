@@ -1,7 +1,7 @@
 """Write loaded splits in another format (``retinadet data convert``); images are copied
 (hard-linked when possible) so the output folder is self-contained.
 
-Layouts written (each readable by :func:`retinadet.data.detect.load_dataset`):
+Layouts written (each readable by :func:`retinadet.data.discover.load_dataset`):
 * coco: ``OUT/<train|valid|test>/_annotations.coco.json`` with images beside it (Roboflow)
 * voc:  ``OUT/Annotations``, ``OUT/JPEGImages``, ``OUT/ImageSets/Main/<split>.txt``
 * yolo: ``OUT/images/<split>``, ``OUT/labels/<split>``, ``OUT/data.yaml``
@@ -105,7 +105,7 @@ def write_dataset(splits: dict[str, DatasetRecords], out: str | os.PathLike, fmt
 
 def convert(src: str | os.PathLike, out: str | os.PathLike, fmt: str) -> dict[str, DatasetRecords]:
     """Load every split of ``src`` and write it to ``out`` in ``fmt``; returns the loaded splits."""
-    from retinadet.data.detect import load_splits
+    from retinadet.data.discover import load_splits
 
     splits = load_splits(src)
     write_dataset(splits, out, fmt)

@@ -11,9 +11,11 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from typing import Optional, Union
 
 import numpy as np
 import torch
+from PIL import Image, ImageOps
 from torchvision.io import ImageReadMode, decode_image
 
 from retinadet.errors import DataError
@@ -45,8 +47,6 @@ def _to_uint8_rgb(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def _decode_with_pil(path: Path) -> torch.Tensor:
-    from PIL import Image, ImageOps
-
     with Image.open(path) as img:
         img = ImageOps.exif_transpose(img)
         img.load()  # raises on truncated data (Image.LOAD_TRUNCATED_IMAGES is False by default)
@@ -127,8 +127,6 @@ def _looks_truncated(data: bytes) -> bool:
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
     """(width, height) from the file header without decoding the pixels (EXIF-rotated)."""
-    from PIL import Image
-
     path = Path(path)
     try:
         with Image.open(path) as img:
@@ -141,3 +139,36 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     if orientation in (5, 6, 7, 8):
         w, h = h, w
     return int(w), int(h)
+
+
+ImageSource = Union[str, os.PathLike, np.ndarray, torch.Tensor, Image.Image]
+
+
+def to_image_tensor(source: ImageSource) -> tuple[torch.Tensor, Optional[str]]:
+    """Any supported image -> (uint8 or [0, 1] float tensor [3, H, W], source name)."""
+    if isinstance(source, (str, os.PathLike)):
+        return read_image(source), str(source)
+    if isinstance(source, torch.Tensor):
+        if source.dim() != 3 or source.shape[0] not in (1, 3):
+            raise DataError(f"image tensor must be [3, H, W] (or [1, H, W]), got shape {tuple(source.shape)}")
+        if source.shape[0] == 1:
+            source = source.expand(3, -1, -1)
+        if source.is_floating_point() and source.numel() and float(source.max()) > 1.0 + 1e-3:
+            raise DataError("float image tensors must be in [0, 1]; pass uint8 for 0..255 values")
+        return source, None
+    if isinstance(source, np.ndarray):
+        arr = source
+        if arr.ndim == 2:
+            arr = np.repeat(arr[..., None], 3, axis=2)
+        if arr.ndim != 3 or arr.shape[2] not in (3, 4):
+            raise DataError(f"numpy images must be HxW, HxWx3 or HxWx4, got shape {arr.shape}")
+        arr = np.ascontiguousarray(arr[..., :3])
+        tensor = torch.from_numpy(arr).permute(2, 0, 1)
+        if tensor.dtype != torch.uint8:
+            tensor = tensor.float()
+            if tensor.numel() and float(tensor.max()) > 1.0 + 1e-3:
+                raise DataError("float numpy images must be in [0, 1]; pass uint8 for 0..255 values")
+        return tensor, None
+    if isinstance(source, Image.Image):
+        return to_image_tensor(np.array(source.convert("RGB")))
+    raise DataError(f"unsupported image type {type(source).__name__}: pass a path, PIL image, numpy array or tensor")

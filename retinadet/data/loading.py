@@ -298,7 +298,7 @@ def build_loader(
     ``transform_overrides`` set single parts (e.g. ``rot90=0.5``).
     """
     if not isinstance(data, DatasetRecords):
-        from retinadet.data.detect import load_dataset
+        from retinadet.data.discover import load_dataset
 
         data = load_dataset(data, split=split)
     if len(data) == 0:

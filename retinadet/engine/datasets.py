@@ -48,7 +48,7 @@ def _require(ds: DatasetRecords, what: str) -> DatasetRecords:
 def train_val_splits(data: str | os.PathLike, val_split: Optional[str] = None, seed: int = 0
                      ) -> tuple[DatasetRecords, DatasetRecords, dict[str, Any]]:
     """(train, val, info). ``info`` is stored in checkpoints so ``val`` can rebuild the same split."""
-    from retinadet.data.detect import load_splits, normalize_split
+    from retinadet.data.discover import load_splits, normalize_split
 
     spec = data_spec(data)
     splits = load_splits(spec)
@@ -73,7 +73,7 @@ def train_val_splits(data: str | os.PathLike, val_split: Optional[str] = None, s
 def eval_split(info_or_data: dict | str | os.PathLike, split: Optional[str] = None) -> DatasetRecords:
     """The records to evaluate on: from a checkpoint's data info (its val split, or the carved ids),
     or from a dataset path and split name (default ``val``)."""
-    from retinadet.data.detect import load_splits, normalize_split
+    from retinadet.data.discover import load_splits, normalize_split
 
     if isinstance(info_or_data, dict):
         info = info_or_data

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from retinadet.data.records import DatasetRecords
-from retinadet.detector import autocast_context
+from retinadet.utils.device import autocast_context
 from retinadet.engine.distributed import DistInfo, all_gather_objects
 from retinadet.errors import ConfigError
 
@@ -212,7 +212,7 @@ def write_eval_outputs(result: EvalResult, data: DatasetRecords, out_dir: str | 
                        plots: bool = True) -> dict[str, Path]:
     """metrics.json, predictions.json (COCO results), PR curves and confusion matrix PNGs."""
     from retinadet.engine.plots import plot_confusion, plot_pr_curves
-    from retinadet.engine.run_dir import write_json
+    from retinadet.utils.files import write_json
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -237,9 +237,9 @@ def evaluate_detector(detector, data: Optional[str | os.PathLike] = None, split:
     used, with the validation batch size recorded there. Writes outputs to ``save_dir`` (or a
     new ``<project>/val/<name>``) and returns the metrics dict.
     """
-    from retinadet.detector import resolve_device
+    from retinadet.utils.device import resolve_device
     from retinadet.engine.datasets import eval_split
-    from retinadet.engine.run_dir import increment_run_dir
+    from retinadet.utils.files import increment_run_dir
 
     ck = detector.checkpoint or {}
     if data is None:

@@ -10,7 +10,7 @@ from typing import Any, Iterator, Optional
 
 import torch
 
-from retinadet.engine.sources import VIDEO_SUFFIXES, list_sources as _list_sources
+from retinadet.utils.sources import VIDEO_SUFFIXES, list_sources as _list_sources
 
 
 @dataclass
@@ -65,9 +65,10 @@ def predict(weights: Any, source: str | os.PathLike, *, conf: Optional[float] = 
                             progress=progress, log=log)
     from tqdm import tqdm
 
-    from retinadet.detector import Detector, resolve_device
+    from retinadet.detector import Detector
+    from retinadet.utils.device import resolve_device
     from retinadet.engine.plots import draw_boxes, save_image
-    from retinadet.engine.run_dir import increment_run_dir, write_csv, write_json
+    from retinadet.utils.files import increment_run_dir, write_csv, write_json
     from retinadet.engine.video import VideoWriter, probe_video
 
     files = list_sources(source)
@@ -154,7 +155,7 @@ def load_detector(weights: Any):
 def _load(weights: Any, device: Optional[str]):
     det = load_detector(weights)
     if device is not None:
-        from retinadet.detector import resolve_device
+        from retinadet.utils.device import resolve_device
 
         det.device = resolve_device(device)
         det.model.to(det.device)

@@ -171,7 +171,7 @@ def _input_size(preprocess: Any) -> int:
 
 
 def _autocast(device: torch.device, amp: Any):
-    from retinadet.detector import autocast_context
+    from retinadet.utils.device import autocast_context
 
     return autocast_context(device, amp)
 
@@ -187,7 +187,7 @@ def train(config: Optional[str | os.PathLike] = None, **options: Any) -> TrainRe
 
 class _Trainer:
     def __init__(self, config, options: dict[str, Any]):
-        from retinadet.engine.checkpointing import find_last
+        from retinadet.engine.train_state import find_last
         from retinadet.weights import load_checkpoint
 
         self.resume_ckpt = None
@@ -211,7 +211,7 @@ class _Trainer:
 
     # ------------------------------------------------------------------ setup
     def run(self) -> TrainResult:
-        from retinadet.detector import resolve_device
+        from retinadet.utils.device import resolve_device
 
         cfg = self.cfg
         self.dist, device_spec = D.setup(cfg.device)
@@ -234,10 +234,10 @@ class _Trainer:
             D.cleanup()
 
     def _setup(self) -> None:
-        from retinadet.engine.checkpointing import ModelEMA, set_rng_state
+        from retinadet.engine.train_state import ModelEMA, set_rng_state
         from retinadet.engine.datasets import train_val_splits
         from retinadet.engine.loaders import TrainLoader, scaled_preprocess
-        from retinadet.engine.run_dir import RunLog, increment_run_dir, write_yaml
+        from retinadet.utils.files import RunLog, increment_run_dir, write_yaml
         from retinadet.engine.schedule import build_scheduler
         from retinadet.model import RetinaNet
         from retinadet.weights import load_for_finetune, resolve_weights
@@ -263,7 +263,7 @@ class _Trainer:
             self.log(f"data: no val split in {cfg.data}; carved {len(self.val_data)} of {len(self.train_data) + len(self.val_data)} "
                      f"training images as val (seed {cfg.seed}); ids in {self.save_dir / 'val_ids.txt'}")
             if self.main:
-                from retinadet.engine.run_dir import atomic_write_text
+                from retinadet.utils.files import atomic_write_text
 
                 atomic_write_text(self.save_dir / "val_ids.txt", "\n".join(map(str, self.data_info["carved_ids"])) + "\n")
 
@@ -359,7 +359,7 @@ class _Trainer:
         return self.ema.module if self.ema is not None else self.model
 
     def _checkpoint(self, epochs_done: int, metrics: dict, full: bool, position: tuple[int, int]) -> dict:
-        from retinadet.engine.checkpointing import rng_state
+        from retinadet.engine.train_state import rng_state
         from retinadet.weights import make_checkpoint
 
         extra: dict[str, Any] = {"data": self.data_info, "train_config": {**self.cfg.to_dict(), "val_batch": self.val_batch}}
@@ -546,7 +546,7 @@ class _Trainer:
         return metrics
 
     def _write_results(self, epoch, metrics, losses, lr, epoch_time) -> None:
-        from retinadet.engine.run_dir import read_csv, write_csv
+        from retinadet.utils.files import read_csv, write_csv
 
         path = self.save_dir / "results.csv"
         header, rows = read_csv(path) if path.is_file() else (RESULT_COLUMNS, [])
@@ -580,7 +580,7 @@ class _Trainer:
     def _plots(self) -> None:
         """results.png from results.csv, and the last validation's prediction grid."""
         from retinadet.engine.plots import plot_results
-        from retinadet.engine.run_dir import read_csv
+        from retinadet.utils.files import read_csv
 
         path = self.save_dir / "results.csv"
         if path.is_file():

@@ -97,7 +97,8 @@ def explain(
     GroupNorm with constant statistics, "exact" uses the true gradient (see
     :mod:`retinadet.explain.cam`).
     """
-    from retinadet.detector import Detections, to_image_tensor
+    from retinadet.data.images import to_image_tensor
+    from retinadet.detector import Detections
     from retinadet.model.preprocess import boxes_to_original, preprocess_batch
 
     check_options(method, layer, target, norm_stats)

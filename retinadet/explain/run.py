@@ -30,7 +30,7 @@ def run_cam(weights: Any, source: str | os.PathLike, *, method: str = "gradcam",
     :class:`NoDetectionsError` (the CLI exits non-zero) and writes no run folder.
     """
     from retinadet.engine.predict import VIDEO_SUFFIXES, _load, list_sources
-    from retinadet.engine.run_dir import increment_run_dir, write_json
+    from retinadet.utils.files import increment_run_dir, write_json
     from retinadet.explain.cam import check_options
 
     check_options(method, layer, target, norm_stats)

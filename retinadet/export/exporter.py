@@ -24,7 +24,7 @@ import torch
 
 from retinadet.export.errors import ExportError
 from retinadet.export.graph import INPUT_NAMES, OUTPUT_NAMES, ExportModule
-from retinadet.model.detector import RetinaNet
+from retinadet.model.retinanet import RetinaNet
 
 MIN_OPSET = 11  # NonMaxSuppression
 DEFAULT_OPSET = 17

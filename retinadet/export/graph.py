@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from torchvision.ops import nms
 
 from retinadet.model.anchors import base_anchors, LEVELS
-from retinadet.model.detector import RetinaNet
+from retinadet.model.retinanet import RetinaNet
 
 INPUT_NAMES = ["images", "image_sizes"]
 OUTPUT_NAMES = ["boxes", "scores", "labels", "num_dets"]

@@ -22,8 +22,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from retinadet.engine.run_dir import atomic_write_text, increment_run_dir
-from retinadet.engine.sources import list_sources
+from retinadet.utils.files import atomic_write_text, increment_run_dir
+from retinadet.utils.sources import list_sources
 from retinadet.errors import DataError
 from retinadet.export.errors import ExportError
 

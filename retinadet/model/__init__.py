@@ -1,7 +1,7 @@
 """RetinaNet model: backbones, FPN, anchors, heads, losses and the detector module."""
 
 from retinadet.model.config import ModelConfig
-from retinadet.model.detector import RetinaNet
+from retinadet.model.retinanet import RetinaNet
 from retinadet.model.presets import DEFAULT_PRESET, get_preset, list_presets, resolve_model_config
 
 __all__ = ["ModelConfig", "RetinaNet", "DEFAULT_PRESET", "get_preset", "list_presets", "resolve_model_config", "build_model"]

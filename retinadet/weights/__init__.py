@@ -6,7 +6,7 @@ from retinadet.weights.checkpoint import (
     make_checkpoint,
     save_checkpoint,
 )
-from retinadet.weights.detect import WeightsInfo, format_info, read_weights
+from retinadet.weights.identify import WeightsInfo, format_info, read_weights
 from retinadet.weights.finetune import load_for_finetune
 from retinadet.weights.resolve import import_weights, load, resolve_weights
 from retinadet.weights.safetensors_io import export_safetensors, load_safetensors_checkpoint

@@ -176,7 +176,7 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict[str, An
     path = os.fspath(path)
     obj = torch_load_weights(path, map_location)
     if not is_checkpoint(obj):
-        from retinadet.weights.detect import classify_object
+        from retinadet.weights.identify import classify_object
 
         kind = classify_object(obj).description
         raise CheckpointError(f"{path}: {kind}, not a retinadet checkpoint; " + IMPORT_HINT.format(path=path))
@@ -217,7 +217,7 @@ def model_config_of(ckpt: dict[str, Any], where: str = "checkpoint"):
 
 def build_from_checkpoint(ckpt: dict[str, Any], where: str = "checkpoint"):
     """``(RetinaNet in eval mode, class_names)`` from a checkpoint dict."""
-    from retinadet.model.detector import RetinaNet
+    from retinadet.model.retinanet import RetinaNet
 
     validate_checkpoint(ckpt, where)
     cfg = model_config_of(ckpt, where)

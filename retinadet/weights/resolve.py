@@ -6,7 +6,7 @@ import os
 from typing import Any, Optional, Sequence
 
 from retinadet.errors import CheckpointError
-from retinadet.weights import detect
+from retinadet.weights import identify
 
 SOURCES = ("auto", "seed", "torchvision")
 NAMED_PREFIX = "torchvision:"
@@ -22,18 +22,18 @@ def import_weights(
     path = os.fspath(path)
     if source not in SOURCES:
         raise CheckpointError(f"unknown --from '{source}'; use one of {', '.join(SOURCES)}")
-    info = detect.read_weights(path)
-    wanted = {"seed": detect.SEED_KINDS, "torchvision": (detect.TORCHVISION,)}.get(source)
+    info = identify.read_weights(path)
+    wanted = {"seed": identify.SEED_KINDS, "torchvision": (identify.TORCHVISION,)}.get(source)
     if wanted is not None and info.kind not in wanted:
         raise CheckpointError(f"{path}: --from {source} given, but the file is {info.description}")
     source_info = {"file": os.path.abspath(path), "kind": info.kind}
-    if info.kind == detect.RETINADET:
+    if info.kind == identify.RETINADET:
         return info.checkpoint
-    if info.kind in detect.SEED_KINDS:
+    if info.kind in identify.SEED_KINDS:
         return import_seed(info.state, class_names, where=path, source=source_info)
-    if info.kind == detect.TORCHVISION:
+    if info.kind == identify.TORCHVISION:
         return import_torchvision(info.state, class_names, where=path, source=source_info)
-    if info.kind == detect.BACKBONE:
+    if info.kind == identify.BACKBONE:
         raise CheckpointError(
             f"{path}: {info.description}, not detector weights; use it as ImageNet backbone weights "
             f"(model config backbone.weights={path})"

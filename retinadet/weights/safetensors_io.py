@@ -54,7 +54,7 @@ def read_safetensors(path: str, info=None):
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from retinadet.weights.detect import UNKNOWN, WeightsInfo, classify_object, classify_state
+    from retinadet.weights.identify import UNKNOWN, WeightsInfo, classify_object, classify_state
 
     info = info or WeightsInfo(kind=UNKNOWN, path=path)
     info.container = "safetensors"

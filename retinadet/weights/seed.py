@@ -16,7 +16,7 @@ from torch import Tensor
 from retinadet.errors import CheckpointError
 from retinadet.model.config import ModelConfig
 from retinadet.model.presets import get_preset
-from retinadet.weights.detect import resnet_depth
+from retinadet.weights.identify import resnet_depth
 
 _SEED_PRESETS = {18: "seed_resnet18", 34: "seed_resnet18", 50: "seed_resnet50", 101: "seed_resnet101", 152: "seed_resnet101"}
 
@@ -82,7 +82,7 @@ def import_seed(
     state: dict[str, Tensor], class_names: Optional[Sequence[str]], where: str = "seed weights", source: Optional[dict] = None
 ) -> dict[str, Any]:
     """Our checkpoint from a seed state_dict (``module.`` prefixes allowed)."""
-    from retinadet.model.detector import RetinaNet
+    from retinadet.model.retinanet import RetinaNet
     from retinadet.weights.checkpoint import load_state_strict, make_checkpoint
     from retinadet.weights.keymaps import from_seed
 

@@ -81,10 +81,10 @@ def import_torchvision(
     source: Optional[dict] = None,
 ) -> dict[str, Any]:
     """Our checkpoint from a torchvision RetinaNet state_dict (v1 or v2 detected from the keys)."""
-    from retinadet.model.detector import RetinaNet
+    from retinadet.model.retinanet import RetinaNet
     from retinadet.model.presets import get_preset
     from retinadet.weights.checkpoint import load_state_strict, make_checkpoint
-    from retinadet.weights.detect import TORCHVISION, WeightsInfo, classify_state
+    from retinadet.weights.identify import TORCHVISION, WeightsInfo, classify_state
     from retinadet.weights.keymaps import from_torchvision
     from retinadet.weights.seed import parse_class_names
 

@@ -11,7 +11,7 @@ import yaml
 
 from data_support import make_roboflow, write_coco, write_image
 from retinadet.data.convert import write_dataset
-from retinadet.data.detect import load_dataset, load_splits
+from retinadet.data.discover import load_dataset, load_splits
 from retinadet.data.formats.coco import coco_api, to_coco_dict
 from retinadet.errors import DataError
 

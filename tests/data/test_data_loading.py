@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import DistributedSampler, SequentialSampler
 
 from data_support import make_roboflow, write_coco, write_image
-from retinadet.data.detect import load_dataset
+from retinadet.data.discover import load_dataset
 from retinadet.data.loading import (DetectionDataset, GroupedBatchSampler, aspect_ratio_groups, build_loader,
                                     collate_detection)
 from retinadet.data.transforms import build_transform

@@ -7,7 +7,7 @@ import hashlib
 import numpy as np
 from click.testing import CliRunner
 
-from retinadet.data.detect import load_dataset, load_splits
+from retinadet.data.discover import load_dataset, load_splits
 from retinadet.data.synthetic import CLASS_NAMES, ShapesConfig, ensure_shapes_dataset, write_shapes_dataset
 
 SMALL = ShapesConfig(num_train=40, num_val=8, num_test=8, size=160, seed=3)

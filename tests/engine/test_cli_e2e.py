@@ -11,7 +11,7 @@ import yaml
 from PIL import Image
 
 from retinadet.engine.evaluate import STAT_NAMES
-from retinadet.engine.run_dir import read_csv
+from retinadet.utils.files import read_csv
 
 IMGSZ = 64  # conftest's IMGSZ
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from retinadet.engine.datasets import eval_split, train_val_splits
-from retinadet.engine.run_dir import increment_run_dir
+from retinadet.utils.files import increment_run_dir
 from retinadet.engine.schedule import build_scheduler, lr_factor
 from retinadet.engine.train import param_groups
 
@@ -103,7 +103,7 @@ def test_adamw_uses_the_fused_kernel_and_matches_the_reference_update():
 
 
 def test_ema_spans_a_fraction_of_the_run():
-    from retinadet.engine.checkpointing import ModelEMA
+    from retinadet.engine.train_state import ModelEMA
     from retinadet.engine.config import TrainConfig
 
     assert TrainConfig().ema_schedule(900) == (0.99, 100.0)  # the default recipe's 12 x 75 steps

@@ -1,0 +1,1 @@
+"""Torch-free helpers shared by every layer: run folders and atomic writes, image sources, devices."""
