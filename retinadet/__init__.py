@@ -6,7 +6,7 @@ __all__ = ["load", "train"]
 def __getattr__(name):
     # Lazy, so that `import retinadet` stays light; `retinadet.load(path)` -> Detector.
     if name == "load":
-        from retinadet.weights.resolve import load
+        from retinadet.detector import load
 
         return load
     if name == "train":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Iterable, Optional, Sequence, Union
 
@@ -13,6 +14,7 @@ from retinadet.errors import ConfigError, DataError
 from retinadet.model import ModelConfig, RetinaNet, resolve_model_config
 from retinadet.model.preprocess import boxes_to_original, preprocess_batch
 from retinadet.utils.device import autocast_context, resolve_device
+from retinadet.weights.resolve import load_weights
 
 
 @dataclass
@@ -133,3 +135,10 @@ class Detector:
 
     def __repr__(self) -> str:
         return f"Detector(preset={self.cfg.preset}, classes={self.class_names}, device={self.device})"
+
+
+def load(spec: Union[str, os.PathLike], class_names: Optional[Sequence[str] | str] = None, device=None) -> Detector:
+    """A ready :class:`Detector` from any weights spec: our .pt or safetensors, a torchvision or seed
+    file (seed files need ``class_names``), or ``torchvision:retinanet_resnet50_fpn[_v2]_coco``."""
+    w = load_weights(spec, class_names)
+    return Detector(w.model, w.class_names, device, category_ids=w.category_ids, checkpoint=w.checkpoint)

@@ -139,17 +139,9 @@ def predict(weights: Any, source: str | os.PathLike, *, conf: Optional[float] = 
 
 def load_detector(weights: Any):
     """``retinadet.load`` with a pointer to ``retinadet weights import`` when the file is not ours."""
-    import retinadet
-    from retinadet.errors import CheckpointError
+    from retinadet.detector import load
 
-    try:
-        return retinadet.load(weights)
-    except CheckpointError as exc:
-        msg = str(exc)
-        if "weights import" in msg or not os.path.isfile(os.fspath(weights)):
-            raise
-        raise CheckpointError(f"{msg}; not a retinadet checkpoint: if it comes from another tool, convert it with "
-                              f"`retinadet weights import {os.fspath(weights)} -o OUT.pt` (see `retinadet weights info`)") from None
+    return load(weights)
 
 
 def _load(weights: Any, device: Optional[str]):

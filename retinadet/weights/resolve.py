@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 from retinadet.errors import CheckpointError
+from retinadet.model.retinanet import RetinaNet
 from retinadet.weights import identify
+from retinadet.weights.checkpoint import build_from_checkpoint
 
 SOURCES = ("auto", "seed", "torchvision")
 NAMED_PREFIX = "torchvision:"
@@ -55,12 +58,28 @@ def resolve_weights(spec: str | os.PathLike, class_names: Optional[Sequence[str]
     return ckpt
 
 
-def load(spec: str | os.PathLike, class_names: Optional[Sequence[str] | str] = None):
-    """A ready :class:`retinadet.detector.Detector` from any weights spec (see :func:`resolve_weights`)."""
-    from retinadet.detector import Detector
-    from retinadet.weights.checkpoint import build_from_checkpoint
+@dataclass
+class LoadedWeights:
+    """A model built from a weights spec, with what the API needs around it."""
 
-    ckpt = resolve_weights(spec, class_names)
-    model, names = build_from_checkpoint(ckpt, os.fspath(spec))
+    model: RetinaNet
+    class_names: list[str]
+    category_ids: Optional[list[int]]
+    checkpoint: dict[str, Any]  # everything but the state dict: config, data, metrics, ...
+
+
+def load_weights(spec: str | os.PathLike, class_names: Optional[Sequence[str] | str] = None) -> LoadedWeights:
+    """The model of any weights spec (see :func:`resolve_weights`); a foreign file that is not
+    a known layout gets a pointer to ``retinadet weights import``."""
+    spec_str = os.fspath(spec)
+    try:
+        ckpt = resolve_weights(spec, class_names)
+    except CheckpointError as exc:
+        msg = str(exc)
+        if "weights import" in msg or not os.path.isfile(spec_str):
+            raise
+        raise CheckpointError(f"{msg}; not a retinadet checkpoint: if it comes from another tool, convert it with "
+                              f"`retinadet weights import {spec_str} -o OUT.pt` (see `retinadet weights info`)") from None
+    model, names = build_from_checkpoint(ckpt, spec_str)
     meta = {k: v for k, v in ckpt.items() if k != "model"}
-    return Detector(model, names, category_ids=ckpt.get("category_ids"), checkpoint=meta)
+    return LoadedWeights(model, list(names), ckpt.get("category_ids"), meta)
