@@ -7,7 +7,7 @@ from PIL import Image
 
 from retinadet.detector import Detector
 from retinadet.errors import DataError
-from retinadet.model.preprocess import preprocess_batch
+from retinadet.model.preprocess import prepare_batch
 
 OVERRIDES = {"fpn.channels": 32, "head.channels": 32, "head.num_convs": 1, "preprocess.min_size": 160, "preprocess.max_size": 256,
              "preprocess.fixed_size": None}
@@ -31,25 +31,33 @@ def test_all_input_types_give_the_same_detections(detector, tmp_path):
     arr = _image()
     path = tmp_path / "img.png"
     Image.fromarray(arr).save(path)
-    variants = [arr, Image.fromarray(arr), torch.from_numpy(arr).permute(2, 0, 1), str(path), torch.from_numpy(arr).permute(2, 0, 1).float() / 255]
+    variants = [arr, Image.fromarray(arr), torch.from_numpy(arr).permute(2, 0, 1), str(path)]
     results = [detector.predict(v) for v in variants]
     assert len(results[0]) > 0
     for r in results[1:]:
         assert torch.equal(r.labels, results[0].labels)
         torch.testing.assert_close(r.boxes, results[0].boxes, atol=1e-3, rtol=0)
     assert results[3].source == str(path)
+    # A [0, 1] float image is resized in float by the same kernel (no rounding to uint8 levels): at the
+    # model's input size (no resize) it gives exactly the uint8 image's detections.
+    exact = _image(160, 256)
+    as_uint8 = detector.predict(exact)
+    as_float = detector.predict(torch.from_numpy(exact).permute(2, 0, 1).float() / 255)
+    assert len(as_uint8) > 0 and torch.equal(as_float.labels, as_uint8.labels)
+    torch.testing.assert_close(as_float.boxes, as_uint8.boxes, atol=1e-3, rtol=0)
 
 
 def test_boxes_are_in_original_coordinates(detector):
     arr = _image(90, 150)
     tensor = torch.from_numpy(arr).permute(2, 0, 1)
     got = detector.predict(tensor)
-    batch, sizes = preprocess_batch([tensor], detector.cfg.preprocess, torch.device("cpu"))
+    batch = prepare_batch([tensor], detector.cfg.preprocess)
+    sizes = batch.image_sizes
     assert sizes.tolist() == [[153, 256]]  # scale min(160/90, 256/150): the long side hits max_size
     with torch.no_grad():
-        direct = detector.model(batch, image_sizes=sizes)[0]
+        direct = detector.model(detector.model.normalize(batch.images, sizes), image_sizes=sizes)[0]
     scale = torch.tensor([150 / sizes[0, 1], 90 / sizes[0, 0], 150 / sizes[0, 1], 90 / sizes[0, 0]])
-    torch.testing.assert_close(got.boxes, direct["boxes"] * scale, atol=1e-3, rtol=1e-5)
+    torch.testing.assert_close(got.boxes, direct.boxes * scale, atol=1e-3, rtol=1e-5)
     assert (got.boxes[:, 2] <= 150 + 1e-3).all() and (got.boxes[:, 3] <= 90 + 1e-3).all()
 
 

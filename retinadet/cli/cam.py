@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import click
 
+from retinadet.detector import load
 from retinadet.explain.cam import LAYERS, METHODS, NORM_STATS, TARGETS
+from retinadet.explain.run import run_cam
+from retinadet.utils.sources import list_sources
 
 
 @click.command("cam")
@@ -30,10 +33,7 @@ from retinadet.explain.cam import LAYERS, METHODS, NORM_STATS, TARGETS
 def command(weights, source, method, layer, topk, class_name, box_index, target, conf, iou, norm_stats, save_npy, device, project,
             name, exist_ok) -> None:
     """Write one heatmap overlay per explained detection and a grid per image."""
-    from retinadet.engine.predict import list_sources
-    from retinadet.explain.run import run_cam
-
     list_sources(source)  # a bad source fails before the weights are loaded
-    run_cam(weights, source, method=method, layer=layer, topk=topk, class_name=class_name, box_index=box_index,
-            target=target, conf=conf, iou=iou, norm_stats=norm_stats, save_npy=save_npy, device=device, project=project, name=name,
-            exist_ok=exist_ok, log=click.echo)
+    run_cam(load(weights, device=device), source, method=method, layer=layer, topk=topk, class_name=class_name,
+            box_index=box_index, target=target, conf=conf, iou=iou, norm_stats=norm_stats, save_npy=save_npy,
+            project=project, name=name, exist_ok=exist_ok, log=click.echo)

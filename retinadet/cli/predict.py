@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import click
+import torch
+
+from retinadet.detector import predict
+from retinadet.errors import RetinadetError
+from retinadet.utils.sentinels import FROM_CONFIG
 
 
 @click.command("predict")
@@ -22,14 +27,8 @@ import click
 @click.option("--exist-ok", is_flag=True)
 def command(weights, source, conf, iou, max_det, batch, imgsz, device, save_txt, save_csv, nosave, project, name, exist_ok) -> None:
     """Write annotated images and predictions.json (COCO results + file_name + class name, original pixels)."""
-    import torch
-
-    from retinadet.engine.predict import list_sources, predict
-    from retinadet.errors import RetinadetError
-
-    list_sources(source)  # a bad source fails before the weights are loaded
     try:
-        predict(weights, source, conf=conf, iou=iou, max_det=-1 if max_det is None else max_det, batch=batch,
+        predict(weights, source, conf=conf, iou=iou, max_det=FROM_CONFIG if max_det is None else max_det, batch=batch,
                 imgsz=imgsz, device=device, save=not nosave, save_txt=save_txt, save_csv=save_csv, project=project,
                 name=name, exist_ok=exist_ok, log=click.echo)
     except torch.OutOfMemoryError as exc:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import click
+import torch
+
+from retinadet.detector import load
+from retinadet.errors import RetinadetError
 
 
 @click.command("val")
@@ -19,15 +23,8 @@ import click
 @click.option("--no-plots", "plots", flag_value=False, default=True)
 def command(weights, data, split, batch, conf, device, workers, project, name, exist_ok, plots) -> None:
     """Evaluate WEIGHTS: 12 COCO stats, per-class AP, PR curves, confusion matrix, metrics.json, predictions."""
-    import torch
-
-    from retinadet.engine.evaluate import evaluate_detector
-    from retinadet.engine.predict import load_detector
-    from retinadet.errors import RetinadetError
-
     try:
-        det = load_detector(weights)
-        evaluate_detector(det, data, split, batch=batch, workers=workers, device=device, conf=conf, plots=plots,
+        load(weights).val(data, split, batch=batch, workers=workers, device=device, conf=conf, plots=plots,
                           project=project, name=name, exist_ok=exist_ok, log=click.echo, progress=True)
     except torch.OutOfMemoryError as exc:
         raise RetinadetError(f"out of memory during evaluation ({str(exc).splitlines()[0][:120]}); "

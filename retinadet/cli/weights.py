@@ -8,6 +8,8 @@ import click
 
 from retinadet.errors import CheckpointError
 
+# retinadet.weights (and so torch) is imported inside the commands: `retinadet --help` loads every command module.
+
 
 @click.group(name="weights")
 def command() -> None:
@@ -18,7 +20,7 @@ def command() -> None:
 @click.argument("path", type=click.Path(dir_okay=False))
 def info_cmd(path: str) -> None:
     """Print what a weights file is: kind, preset, classes, size, metrics."""
-    from retinadet.weights.identify import format_info, read_weights
+    from retinadet.weights import format_info, read_weights
 
     click.echo(format_info(read_weights(path)))
 
@@ -32,16 +34,9 @@ def info_cmd(path: str) -> None:
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output retinadet checkpoint (.pt).")
 def import_cmd(path: str, source: str, classes: str | None, output: str) -> None:
     """Convert a seed-pipeline or torchvision RetinaNet file (or torchvision:<name>) to a retinadet checkpoint."""
-    from retinadet.weights.checkpoint import save_checkpoint
-    from retinadet.weights.resolve import NAMED_PREFIX, import_weights
-    from retinadet.weights.torchvision_import import import_named
+    from retinadet.weights import import_weights, save_checkpoint
 
-    if path.startswith(NAMED_PREFIX) and not os.path.exists(path):
-        if source == "seed":
-            raise CheckpointError(f"{path}: named weights are torchvision's; use --from torchvision or auto")
-        ckpt = import_named(path[len(NAMED_PREFIX):], classes)
-    else:
-        ckpt = import_weights(path, source, classes)
+    ckpt = import_weights(path, source, classes)
     save_checkpoint(output, ckpt)
     cfg = ckpt["model_config"]
     click.echo(f"wrote {output}: preset {cfg.get('preset')}, {cfg['num_classes']} classes "
@@ -55,9 +50,7 @@ def import_cmd(path: str, source: str, classes: str | None, output: str) -> None
               help="Output file (default: PATH with the new extension).")
 def export_cmd(path: str, fmt: str, output: str | None) -> None:
     """Export a checkpoint's weights and metadata (config, class names) to safetensors, or back to .pt."""
-    from retinadet.weights.checkpoint import save_checkpoint
-    from retinadet.weights.resolve import resolve_weights
-    from retinadet.weights.safetensors_io import export_safetensors
+    from retinadet.weights import export_safetensors, resolve_weights, save_checkpoint
 
     ckpt = resolve_weights(path)
     ext = ".safetensors" if fmt == "safetensors" else ".pt"

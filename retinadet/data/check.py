@@ -10,13 +10,18 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
 
+from retinadet.data.discover import load_splits, normalize_split
+from retinadet.data.images import read_image
 from retinadet.data.records import DatasetRecords, Problem
-from retinadet.data.transforms import resized_shape
+from retinadet.errors import DataError
+from retinadet.model import resolve_model_config
+from retinadet.model.anchors import anchors_for_image_size
+from retinadet.model.preprocess import padded_size, resized_size
 
 COCO_SMALL, COCO_MEDIUM = 32**2, 96**2
 PIXEL_BINS = (16, 32, 64, 128, 256)
@@ -43,8 +48,8 @@ class CheckReport:
     problems: list[Problem]
     model: str
     input_size: str
-    coverage_05: Optional[float] = None
-    coverage_04: Optional[float] = None
+    coverage_05: float | None = None
+    coverage_04: float | None = None
     boxes_checked: int = 0
     hints: list[str] = field(default_factory=list)
 
@@ -59,8 +64,6 @@ class CheckReport:
 
 def _verify_images(ds: DatasetRecords, problems: list[Problem]) -> None:
     """Decode every image: finds missing, unreadable and truncated files and size mismatches."""
-    from retinadet.data.images import read_image
-    from retinadet.errors import DataError
 
     for r in ds.records:
         if not r.path.is_file():
@@ -90,7 +93,7 @@ def _split_stats(ds: DatasetRecords, pre: Any) -> SplitStats:
         coco["medium"] += int(((area >= COCO_SMALL) & (area < COCO_MEDIUM)).sum())
         coco["large"] += int((area >= COCO_MEDIUM).sum())
         if r.width > 0 and r.height > 0:
-            oh, ow = resized_shape(r.height, r.width, pre.min_size, pre.max_size, pre.fixed_size)
+            oh, ow = resized_size(r.height, r.width, pre)
             scale = math.sqrt((oh / r.height) * (ow / r.width))
             sides.append(np.sqrt(area) * scale)
     sides_arr = np.concatenate(sides) if sides else np.zeros(0)
@@ -106,14 +109,13 @@ def _split_stats(ds: DatasetRecords, pre: Any) -> SplitStats:
     return SplitStats(len(ds), ds.boxes_per_class(), ds.num_negatives(), crowd, coco, binned, pct)
 
 
-def anchor_coverage(datasets: list[DatasetRecords], model_cfg: Any) -> tuple[Optional[float], Optional[float], int, np.ndarray]:
+def anchor_coverage(datasets: list[DatasetRecords], model_cfg: Any) -> tuple[float | None, float | None, int, np.ndarray]:
     """(share >= 0.5, share >= 0.4, boxes, best IoU per box; values < 0.4 are lower bounds)
     for non-crowd boxes at the model's input size."""
     from torchvision.ops import box_iou
 
-    from retinadet.model.anchors import anchors_for_image_size
 
-    pre, d = model_cfg.preprocess, max(1, int(model_cfg.preprocess.size_divisible or 1))
+    pre = model_cfg.preprocess
     cache: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
     best_all = []
     for ds in datasets:
@@ -121,9 +123,8 @@ def anchor_coverage(datasets: list[DatasetRecords], model_cfg: Any) -> tuple[Opt
             keep = ~r.crowd
             if r.num_boxes == 0 or not keep.any() or r.width <= 0 or r.height <= 0:
                 continue
-            oh, ow = resized_shape(r.height, r.width, pre.min_size, pre.max_size, pre.fixed_size)
-            ph, pw = (pre.fixed_size, pre.fixed_size) if pre.fixed_size else (oh, ow)
-            ph, pw = int(math.ceil(ph / d) * d), int(math.ceil(pw / d) * d)
+            oh, ow = resized_size(r.height, r.width, pre)
+            ph, pw = padded_size([(oh, ow)], pre)
             if (ph, pw) not in cache:
                 anchors = anchors_for_image_size(model_cfg.anchors, (ph, pw)).float()
                 cache[(ph, pw)] = (anchors, (anchors[:, 2] - anchors[:, 0]) * (anchors[:, 3] - anchors[:, 1]))
@@ -144,8 +145,8 @@ def anchor_coverage(datasets: list[DatasetRecords], model_cfg: Any) -> tuple[Opt
     return float((best >= 0.5).mean()), float((best >= 0.4).mean()), int(len(best)), best
 
 
-def check_dataset(path: str | os.PathLike, model: str = "fast", imgsz: Optional[int] = None,
-                  split: Optional[str] = None, verify_images: bool = True) -> CheckReport:
+def check_dataset(path: str | os.PathLike, model: str = "fast", imgsz: int | None = None,
+                  split: str | None = None, verify_images: bool = True) -> CheckReport:
     """Load every split of ``path``, decode its images (unless ``verify_images=False``) and
     report statistics, problems and anchor coverage for ``model`` at its input size."""
     threads = torch.get_num_threads()
@@ -157,9 +158,6 @@ def check_dataset(path: str | os.PathLike, model: str = "fast", imgsz: Optional[
 
 
 def _check(path, model, imgsz, split, verify_images) -> CheckReport:
-    from retinadet.data.discover import load_splits, normalize_split
-    from retinadet.errors import DataError
-    from retinadet.model import resolve_model_config
 
     splits = load_splits(path)
     if split is not None:
@@ -195,7 +193,7 @@ def _check(path, model, imgsz, split, verify_images) -> CheckReport:
     if cov5 is not None and cov5 < LOW_COVERAGE:
         smallest = min(cfg.anchors.sizes)
         sides = np.concatenate([np.sqrt(np.prod(r.boxes[~r.crowd][:, 2:] - r.boxes[~r.crowd][:, :2], axis=1))
-                                * math.sqrt(resized_shape(r.height, r.width, pre.min_size, pre.max_size, pre.fixed_size)[0] / r.height)
+                                * math.sqrt(resized_size(r.height, r.width, pre)[0] / r.height)
                                 for ds in splits.values() for r in ds.records if r.num_boxes and r.height > 0] or [np.zeros(0)])
         small_share = float((sides < 0.75 * smallest).mean()) if len(sides) else 0.0
         if small_share > 0.2:

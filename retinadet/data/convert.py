@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from retinadet.data.discover import load_splits
 from retinadet.data.formats.coco import ROBOFLOW_ANNOTATION_FILE, write_coco
 from retinadet.data.formats.csv_format import write_csv
 from retinadet.data.formats.voc import write_voc_xml
@@ -105,7 +106,6 @@ def write_dataset(splits: dict[str, DatasetRecords], out: str | os.PathLike, fmt
 
 def convert(src: str | os.PathLike, out: str | os.PathLike, fmt: str) -> dict[str, DatasetRecords]:
     """Load every split of ``src`` and write it to ``out`` in ``fmt``; returns the loaded splits."""
-    from retinadet.data.discover import load_splits
 
     splits = load_splits(src)
     write_dataset(splits, out, fmt)

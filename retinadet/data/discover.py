@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import yaml
@@ -26,6 +25,7 @@ from retinadet.data.formats.csv_format import read_csv
 from retinadet.data.formats.voc import is_voc_root, list_voc_splits, read_voc
 from retinadet.data.formats.yolo import parse_names, read_yolo
 from retinadet.data.records import DatasetRecords, ImageRecord
+from retinadet.data.synthetic import ensure_shapes_dataset
 from retinadet.errors import DataError
 
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "test": "test",
@@ -115,7 +115,7 @@ def remap_classes(ds: DatasetRecords, names: list[str]) -> DatasetRecords:
     return DatasetRecords(records, list(names), list(range(1, len(names) + 1)), ds.problems, ds.root, ds.split, ds.format)
 
 
-def merge_datasets(parts: list[DatasetRecords], split: Optional[str] = None) -> DatasetRecords:
+def merge_datasets(parts: list[DatasetRecords], split: str | None = None) -> DatasetRecords:
     """Concatenate datasets with the same classes; image ids are renumbered if they collide."""
     if len(parts) == 1:
         parts[0].split = split if split is not None else parts[0].split
@@ -136,7 +136,6 @@ def merge_datasets(parts: list[DatasetRecords], split: Optional[str] = None) -> 
 def load_splits(path: str | os.PathLike) -> dict[str, DatasetRecords]:
     """Every split a path holds, as {split: DatasetRecords} ("all" when it has no splits)."""
     if str(path) == "shapes":
-        from retinadet.data.synthetic import ensure_shapes_dataset
 
         path = ensure_shapes_dataset()
     path = Path(path)
@@ -192,7 +191,7 @@ def _sorted(splits: dict[str, DatasetRecords]) -> dict[str, DatasetRecords]:
     return dict(sorted(splits.items(), key=lambda kv: (order.get(kv[0], 99), kv[0])))
 
 
-def load_dataset(path_or_yaml: str | os.PathLike, split: Optional[str] = None) -> DatasetRecords:
+def load_dataset(path_or_yaml: str | os.PathLike, split: str | None = None) -> DatasetRecords:
     """Load one split (``train``/``val``/``test``; aliases accepted) or, with ``split=None``,
     all splits merged (image ids renumbered if they collide across splits)."""
     splits = load_splits(path_or_yaml)

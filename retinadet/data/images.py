@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Optional, Union
+from typing import Union
 
 import numpy as np
 import torch
@@ -144,7 +144,7 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
 ImageSource = Union[str, os.PathLike, np.ndarray, torch.Tensor, Image.Image]
 
 
-def to_image_tensor(source: ImageSource) -> tuple[torch.Tensor, Optional[str]]:
+def to_image_tensor(source: ImageSource) -> tuple[torch.Tensor, str | None]:
     """Any supported image -> (uint8 or [0, 1] float tensor [3, H, W], source name)."""
     if isinstance(source, (str, os.PathLike)):
         return read_image(source), str(source)

@@ -17,17 +17,20 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler, SequentialSampler
 
+from retinadet.data.discover import load_dataset
 from retinadet.data.images import read_image
 from retinadet.data.records import DatasetRecords
 from retinadet.data.transforms import BoxStats, DetectionTransform, TransformConfig, build_transform
 from retinadet.errors import DataError
+from retinadet.model import resolve_model_config
 
 
 class DetectionDataset(Dataset):
@@ -37,7 +40,7 @@ class DetectionDataset(Dataset):
     warned about and counted; with ``strict=True`` it raises :class:`DataError`.
     """
 
-    def __init__(self, data: DatasetRecords, transform: Optional[DetectionTransform] = None, strict: bool = False):
+    def __init__(self, data: DatasetRecords, transform: DetectionTransform | None = None, strict: bool = False):
         self.data = data
         self.records = data.records
         self.transform = transform
@@ -95,7 +98,7 @@ class DetectionDataset(Dataset):
 
 
 def collate_detection(samples: Sequence[tuple[torch.Tensor, dict]], size_divisible: int = 32,
-                      pad_to: Optional[int] = None) -> dict:
+                      pad_to: int | None = None) -> dict:
     """Pad images bottom-right to a common size (a multiple of ``size_divisible``; at least
     ``pad_to`` square, for letterbox models) and targets to a common box count M >= 1."""
     if len(samples) == 0:
@@ -141,7 +144,7 @@ def collate_detection(samples: Sequence[tuple[torch.Tensor, dict]], size_divisib
 class DetectionCollate:
     """Picklable collate with its padding settings (workers need to pickle it)."""
 
-    def __init__(self, size_divisible: int = 32, pad_to: Optional[int] = None):
+    def __init__(self, size_divisible: int = 32, pad_to: int | None = None):
         self.size_divisible = size_divisible
         self.pad_to = pad_to
 
@@ -213,7 +216,7 @@ class LoaderCounters:
             text += " (" + ", ".join(shown[:5]) + (", ..." if len(shown) > 5 else "") + ")"
         return text
 
-    def reset(self) -> "LoaderCounters":
+    def reset(self) -> LoaderCounters:
         """Return a snapshot and zero the counters."""
         snap = LoaderCounters(self.images, self.boxes, self.boxes_clipped, self.boxes_dropped,
                               self.skipped_images, list(self.skipped_files))
@@ -225,7 +228,7 @@ class LoaderCounters:
 class DetectionLoader:
     """A DataLoader plus per-epoch counters; iterate it like the DataLoader."""
 
-    def __init__(self, loader: DataLoader, dataset: DetectionDataset, sampler: Optional[Sampler] = None):
+    def __init__(self, loader: DataLoader, dataset: DetectionDataset, sampler: Sampler | None = None):
         self.loader = loader
         self.dataset = dataset
         self.sampler = sampler
@@ -259,7 +262,6 @@ def _preprocess_of(model: Any):
     if model is None:
         return None
     if isinstance(model, str):
-        from retinadet.model import resolve_model_config
 
         return resolve_model_config(model).preprocess
     return getattr(model, "preprocess", model)
@@ -267,7 +269,7 @@ def _preprocess_of(model: Any):
 
 def build_loader(
     data: DatasetRecords | str | os.PathLike,
-    split: Optional[str] = None,
+    split: str | None = None,
     *,
     batch_size: int = 8,
     train: bool = True,
@@ -275,13 +277,13 @@ def build_loader(
     augment: str | TransformConfig = "default",
     workers: int = 2,
     pin_memory: bool = False,
-    shuffle: Optional[bool] = None,
-    drop_last: Optional[bool] = None,
+    shuffle: bool | None = None,
+    drop_last: bool | None = None,
     aspect_grouping: bool = True,
     distributed: bool = False,
-    num_replicas: Optional[int] = None,
-    rank: Optional[int] = None,
-    size_divisible: Optional[int] = None,
+    num_replicas: int | None = None,
+    rank: int | None = None,
+    size_divisible: int | None = None,
     strict: bool = False,
     seed: int = 0,
     persistent_workers: bool = False,
@@ -298,7 +300,6 @@ def build_loader(
     ``transform_overrides`` set single parts (e.g. ``rot90=0.5``).
     """
     if not isinstance(data, DatasetRecords):
-        from retinadet.data.discover import load_dataset
 
         data = load_dataset(data, split=split)
     if len(data) == 0:

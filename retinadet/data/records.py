@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -64,8 +63,8 @@ class DatasetRecords:
     # category_ids[label] = the id the source format used (COCO sparse ids; 1..K elsewhere).
     category_ids: list[int]
     problems: list[Problem] = field(default_factory=list)
-    root: Optional[Path] = None
-    split: Optional[str] = None
+    root: Path | None = None
+    split: str | None = None
     format: str = ""
 
     def __post_init__(self) -> None:
@@ -105,7 +104,7 @@ def sanitize_boxes(
     height: int,
     file: str,
     problems: list[Problem],
-    where: Optional[list[str]] = None,
+    where: list[str] | None = None,
     tolerance: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Validate boxes of one image: returns (clipped boxes, keep-mask) and appends problems.

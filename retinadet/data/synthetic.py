@@ -23,7 +23,6 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 from PIL import Image
@@ -225,7 +224,7 @@ def _render_chunk(args) -> list[tuple[int, list]]:
     return out
 
 
-def write_shapes_dataset(out: str | os.PathLike, cfg: ShapesConfig = ShapesConfig(), workers: Optional[int] = None,
+def write_shapes_dataset(out: str | os.PathLike, cfg: ShapesConfig = ShapesConfig(), workers: int | None = None,
                          progress: bool = False) -> dict:
     """Write the dataset under ``out`` (Roboflow COCO layout). Returns timing stats.
 
@@ -273,7 +272,7 @@ def write_shapes_dataset(out: str | os.PathLike, cfg: ShapesConfig = ShapesConfi
     return {"images": total, "seconds": elapsed, "images_per_s": total / max(elapsed, 1e-9), "root": out, "workers": workers}
 
 
-def ensure_shapes_dataset(cfg: Optional[ShapesConfig] = None, root: Optional[str | os.PathLike] = None) -> Path:
+def ensure_shapes_dataset(cfg: ShapesConfig | None = None, root: str | os.PathLike | None = None) -> Path:
     """Path to the cached dataset, generating it (atomically) on first use."""
     cfg = cfg or ShapesConfig()
     base = Path(root) if root is not None else cache_dir()

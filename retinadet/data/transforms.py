@@ -11,9 +11,8 @@ set on its own through :class:`TransformConfig`.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torchvision.transforms.v2 as T
@@ -21,6 +20,8 @@ import torchvision.transforms.v2.functional as F
 from torchvision import tv_tensors
 
 from retinadet.errors import ConfigError
+from retinadet.model.preprocess import resize_image
+from retinadet.utils.resize import resized_size
 
 
 @dataclass
@@ -29,7 +30,7 @@ class TransformConfig:
     # or, with fixed_size, the long side -> fixed_size (letterbox; the collate pads to a square).
     min_size: int = 800
     max_size: int = 1333
-    fixed_size: Optional[int] = None
+    fixed_size: int | None = None
     # Multi-scale training: the target size is multiplied by a factor drawn from this range.
     scale_range: tuple[float, float] = (1.0, 1.0)
     hflip: float = 0.0  # probabilities
@@ -39,7 +40,7 @@ class TransformConfig:
     iou_crop: float = 0.0
     min_box_size: float = 1.0  # boxes thinner than this (px, after the step) are dropped
 
-    def replace(self, **changes: Any) -> "TransformConfig":
+    def replace(self, **changes: Any) -> TransformConfig:
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
         if unknown:
             raise ConfigError(f"unknown transform option(s): {', '.join(sorted(unknown))}")
@@ -71,19 +72,10 @@ class BoxStats:
     clipped: int = 0
     dropped: int = 0
 
-    def add(self, other: "BoxStats") -> None:
+    def add(self, other: BoxStats) -> None:
         self.boxes += other.boxes
         self.clipped += other.clipped
         self.dropped += other.dropped
-
-
-def resized_shape(h: int, w: int, min_size: float, max_size: float, fixed_size: Optional[float] = None) -> tuple[int, int]:
-    """Output (h, w) of the model's resize rule (torchvision's GeneralizedRCNNTransform for min/max)."""
-    if fixed_size:
-        scale = fixed_size / max(h, w)
-    else:
-        scale = min(min_size / min(h, w), max_size / max(h, w))
-    return max(1, int(math.floor(h * scale + 0.5))), max(1, int(math.floor(w * scale + 0.5)))
 
 
 class DetectionTransform:
@@ -150,13 +142,14 @@ class DetectionTransform:
             jitter = float(torch.empty(()).uniform_(lo, hi))
         elif lo != 1.0:
             jitter = lo
-        out_h, out_w = resized_shape(h, w, cfg.min_size * jitter, cfg.max_size * jitter,
-                                     cfg.fixed_size * jitter if cfg.fixed_size else None)
+        out_h, out_w = resized_size(h, w, cfg.min_size * jitter, cfg.max_size * jitter,
+                                    cfg.fixed_size * jitter if cfg.fixed_size else None)
         if cfg.fixed_size:  # jittered letterbox content must still fit the fixed canvas
             s = min(1.0, cfg.fixed_size / max(out_h, out_w))
             out_h, out_w = max(1, int(out_h * s)), max(1, int(out_w * s))
         if (out_h, out_w) != (h, w):
-            sample["image"] = F.resize(sample["image"], [out_h, out_w], antialias=True)
+            sample["image"] = tv_tensors.wrap(resize_image(sample["image"].as_subclass(torch.Tensor), (out_h, out_w)),
+                                              like=sample["image"])
             sample["boxes"] = F.resize(sample["boxes"], [out_h, out_w])
             sample = self._fix(sample, stats)
 

@@ -5,17 +5,29 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import torch
+from pycocotools.cocoeval import COCOeval
+from torchvision.ops import box_iou
+from tqdm import tqdm
 
+from retinadet.data.formats.coco import coco_api
 from retinadet.data.records import DatasetRecords
-from retinadet.utils.device import autocast_context
+from retinadet.engine.datasets import eval_split
 from retinadet.engine.distributed import DistInfo, all_gather_objects
+from retinadet.engine.loaders import eval_loader
+from retinadet.engine.plots import plot_confusion, plot_pr_curves
 from retinadet.errors import ConfigError
+from retinadet.model.inference import detect_batch
+from retinadet.model.preprocess import InputBatch
+from retinadet.structures import Detections
+from retinadet.utils.files import increment_run_dir, write_json
+from retinadet.utils.sentinels import FROM_CONFIG, FromConfig
 
 STAT_NAMES = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
 STAT_LABELS = [
@@ -33,67 +45,58 @@ class EvalResult:
     stats: dict[str, float]
     per_class_ap: dict[str, float]
     per_class_ap50: dict[str, float]
-    detections: np.ndarray  # [D, 7]: image_id, x, y, w, h, score, label (contiguous, original pixels)
-    precision: Optional[np.ndarray] = None  # COCOeval precision [T, R, K, A, M]
-    confusion: Optional[np.ndarray] = None
-    first_batch: Optional[dict] = None
+    detections: dict[int, Detections]  # image id -> its detections (original pixels, CPU)
+    precision: np.ndarray | None = None  # COCOeval precision [T, R, K, A, M]
+    confusion: np.ndarray | None = None
+    first_batch: dict | None = None
     extra: dict = field(default_factory=dict)
 
     def metrics(self) -> dict[str, Any]:
         """Plain numbers for checkpoints and metrics.json."""
         return {**{k: float(v) for k, v in self.stats.items()}, "per_class_AP": dict(self.per_class_ap),
-                "per_class_AP50": dict(self.per_class_ap50), "num_detections": int(len(self.detections)), **self.extra}
+                "per_class_AP50": dict(self.per_class_ap50),
+                "num_detections": sum(len(d) for d in self.detections.values()), **self.extra}
 
 
 @torch.no_grad()
-def run_inference(model, loader, device: torch.device, amp: Any = False, conf: Optional[float] = None,
-                  iou: Optional[float] = None, max_det: Optional[int] = -1, keep_first_batch: bool = False,
-                  progress: bool = False) -> tuple[np.ndarray, Optional[dict]]:
-    """Detections for every image of ``loader`` as one [D, 7] array in original-image pixels."""
-    from tqdm import tqdm
-
-    was_training = model.training
-    model.eval()
-    parts: list[np.ndarray] = []
+def run_inference(model, loader, device: torch.device, amp: Any = False, conf: float | None = None,
+                  iou: float | None = None, max_det: int | None | FromConfig = FROM_CONFIG,
+                  keep_first_batch: bool = False, progress: bool = False) -> tuple[dict[int, Detections], dict | None]:
+    """Detections of every image of ``loader`` (batches of :func:`retinadet.engine.loaders.eval_loader`),
+    by image id, through the one inference path (:func:`retinadet.model.inference.detect_batch`)."""
+    out: dict[int, Detections] = {}
     first = None
     for batch in tqdm(loader, desc="val", leave=False, disable=not progress):
-        images = batch["images"].to(device, non_blocking=True)
-        sizes = batch["image_sizes"].to(device)
-        x = model.normalize(images, sizes)
-        with autocast_context(device, amp):
-            cls_logits, box_deltas, anchors, per_level = model.forward_raw(x)
-        dets = model.postprocess(cls_logits.float(), box_deltas.float(), anchors, per_level, sizes, x.shape[-2:],
-                                 score_thresh=conf, nms_iou=iou, max_det=max_det)
-        counts = torch.tensor([int(d["scores"].numel()) for d in dets])
-        boxes = torch.cat([d["boxes"] for d in dets]).float().cpu()
-        scores = torch.cat([d["scores"] for d in dets]).float().cpu()
-        labels = torch.cat([d["labels"] for d in dets]).cpu()
-        ratio = batch["orig_sizes"].float() / batch["image_sizes"].float()  # [B, 2] (h, w), as boxes_to_original
-        r = ratio.repeat_interleave(counts, dim=0)
-        boxes = boxes * torch.stack([r[:, 1], r[:, 0], r[:, 1], r[:, 0]], dim=1)
-        ids = batch["image_ids"].repeat_interleave(counts).double()
-        xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).double()
-        parts.append(torch.cat([ids[:, None], xywh, scores.double()[:, None], labels.double()[:, None]], dim=1).numpy())
+        inputs = InputBatch(batch["images"].to(device, non_blocking=True), batch["image_sizes"].to(device),
+                            batch["orig_sizes"].to(device))
+        dets = detect_batch(model, inputs, conf=conf, iou=iou, max_det=max_det, amp=amp)
+        for image_id, path, d in zip(batch["image_ids"].tolist(), batch["paths"], dets):
+            d.source = path
+            out[image_id] = d.cpu()
         if keep_first_batch and first is None:
             first = {"images": batch["images"], "image_sizes": batch["image_sizes"], "boxes": batch["boxes"],
-                     "labels": batch["labels"], "dets": [{k: v.cpu() for k, v in d.items()} for d in dets]}
-    if was_training:
-        model.train()
-    return (np.concatenate(parts) if parts else np.zeros((0, 7))), first
+                     "labels": batch["labels"],
+                     "dets": [d.cpu().rescaled(s) for d, s in zip(dets, batch["image_sizes"].tolist())]}
+    return out, first
 
 
-def coco_eval(data: DatasetRecords, detections: np.ndarray) -> tuple[dict[str, float], Optional[np.ndarray]]:
+def coco_array(detections: dict[int, Detections], category_ids: Sequence[int]) -> np.ndarray:
+    """[D, 7] rows (image_id, x, y, w, h, score, category_id), the array pycocotools' loadRes takes."""
+    parts = [np.zeros((0, 7))]
+    cat = np.asarray(category_ids, dtype=np.float64)
+    for image_id, d in detections.items():
+        if len(d):
+            parts.append(np.concatenate([np.full((len(d), 1), float(image_id)), d.xywh().double().numpy(),
+                                         d.scores.double().numpy()[:, None], cat[d.labels.numpy()][:, None]], axis=1))
+    return np.concatenate(parts)
+
+
+def coco_eval(data: DatasetRecords, detections: dict[int, Detections]) -> tuple[dict[str, float], np.ndarray | None]:
     """The 12 COCO stats and COCOeval's precision array (None when there are no detections)."""
-    from pycocotools.cocoeval import COCOeval
-
-    from retinadet.data.formats.coco import coco_api
-
-    if len(detections) == 0:
+    arr = coco_array(detections, data.category_ids)
+    if len(arr) == 0:
         return {k: 0.0 for k in STAT_NAMES}, None
     gt = coco_api(data.records, data.class_names, data.category_ids)
-    cat_ids = np.asarray(data.category_ids, dtype=np.float64)
-    arr = detections[:, :6].copy()
-    arr = np.concatenate([arr, cat_ids[detections[:, 6].astype(np.int64)][:, None]], axis=1)
     with contextlib.redirect_stdout(io.StringIO()):
         dt = gt.loadRes(arr)
         ev = COCOeval(gt, dt, "bbox")
@@ -104,7 +107,7 @@ def coco_eval(data: DatasetRecords, detections: np.ndarray) -> tuple[dict[str, f
     return {k: float(v) for k, v in zip(STAT_NAMES, ev.stats)}, np.asarray(ev.eval["precision"])
 
 
-def per_class_ap(precision: Optional[np.ndarray], class_names: Sequence[str]) -> tuple[dict[str, float], dict[str, float]]:
+def per_class_ap(precision: np.ndarray | None, class_names: Sequence[str]) -> tuple[dict[str, float], dict[str, float]]:
     """AP (IoU .50:.95) and AP50 per class, area all, 100 detections; -1 for a class with no GT."""
     ap, ap50 = {}, {}
     for k, name in enumerate(class_names):
@@ -118,28 +121,23 @@ def per_class_ap(precision: Optional[np.ndarray], class_names: Sequence[str]) ->
     return ap, ap50
 
 
-def confusion_matrix(data: DatasetRecords, detections: np.ndarray, conf: float = 0.25, iou: float = 0.5) -> np.ndarray:
-    """[K+1, K+1]: rows predicted class, columns true class; index K is background."""
-    from torchvision.ops import box_iou
-
+def confusion_matrix(data: DatasetRecords, detections: dict[int, Detections], conf: float = 0.25,
+                     iou: float = 0.5) -> np.ndarray:
+    """[K+1, K+1]: rows predicted class, columns true class; index K is background. Greedy matching per
+    image, best score first (a Python loop over detections: run once per evaluation, not per step)."""
     k = data.num_classes
     m = np.zeros((k + 1, k + 1), dtype=np.int64)
-    dets = detections[detections[:, 5] >= conf]
-    order = np.argsort(dets[:, 0], kind="stable")
-    dets = dets[order]
-    ids = dets[:, 0].astype(np.int64)
     for r in data.records:
         keep = ~r.crowd
         gt_boxes, gt_labels = torch.from_numpy(r.boxes[keep]).double(), r.labels[keep]
-        lo, hi = np.searchsorted(ids, r.image_id, "left"), np.searchsorted(ids, r.image_id, "right")
-        d = dets[lo:hi]
-        d = d[np.argsort(-d[:, 5], kind="stable")]
-        pb = torch.from_numpy(np.concatenate([d[:, 1:3], d[:, 1:3] + d[:, 3:5]], axis=1))
-        pl = d[:, 6].astype(np.int64)
+        d = detections.get(int(r.image_id))
+        d = d[d.scores >= conf] if d is not None else Detections.empty((r.height, r.width))
+        order = torch.argsort(-d.scores, stable=True)
+        pb, pl = d.boxes[order].double(), d.labels[order].numpy()
         matched_gt = np.zeros(len(gt_labels), dtype=bool)
         if len(d) and len(gt_labels):
             ious = box_iou(pb, gt_boxes).numpy()
-            for i in range(len(d)):
+            for i in range(len(pl)):
                 cand = np.where(~matched_gt & (ious[i] >= iou))[0]
                 if len(cand):
                     j = cand[np.argmax(ious[i, cand])]
@@ -154,16 +152,14 @@ def confusion_matrix(data: DatasetRecords, detections: np.ndarray, conf: float =
 
 
 def evaluate(model, data: DatasetRecords, *, batch_size: int = 8, workers: int = 0, device: torch.device | str = "cpu",
-             amp: Any = False, dist_info: Optional[DistInfo] = None, conf: float = 0.25, keep_first_batch: bool = False,
-             progress: bool = False, batches: Optional[Sequence[dict]] = None,
-             with_confusion: bool = True) -> Optional[EvalResult]:
+             amp: Any = False, dist_info: DistInfo | None = None, conf: float = 0.25, keep_first_batch: bool = False,
+             progress: bool = False, batches: Sequence[dict] | None = None,
+             with_confusion: bool = True) -> EvalResult | None:
     """Run ``model`` on ``data`` (its own preprocess), then COCO-evaluate. Under DDP every rank infers on
     its shard; predictions are gathered and rank 0 evaluates (other ranks get None). ``batches``: this
     rank's batches of ``data`` from ``eval_loader``, already decoded (training keeps them between epochs).
     ``with_confusion=False`` leaves the confusion matrix to ``write_eval_outputs``, for callers that draw
     only the last of many evaluations."""
-    from retinadet.engine.loaders import eval_loader
-
     info = dist_info or DistInfo()
     device = torch.device(device)
     loader = batches if batches is not None else eval_loader(data, model.cfg.preprocess, batch_size, workers, info.rank,
@@ -172,26 +168,17 @@ def evaluate(model, data: DatasetRecords, *, batch_size: int = 8, workers: int =
     parts = all_gather_objects(dets, info)
     if not info.is_main:
         return None
-    dets = np.concatenate(parts) if len(parts) > 1 else dets
+    dets = {image_id: d for part in parts for image_id, d in part.items()}
     stats, precision = coco_eval(data, dets)
     ap, ap50 = per_class_ap(precision, data.class_names)
     confusion = confusion_matrix(data, dets, conf) if with_confusion else None
     return EvalResult(stats, ap, ap50, dets, precision, confusion, first)
 
 
-def coco_results(detections: np.ndarray, category_ids: Sequence[int], class_names: Optional[Sequence[str]] = None,
-                 file_names: Optional[dict[int, str]] = None) -> list[dict]:
-    """COCO results-format dicts, category ids mapped back to the dataset's."""
-    out = []
-    for row in detections.tolist():
-        item = {"image_id": int(row[0]), "category_id": int(category_ids[int(row[6])]),
-                "bbox": [round(v, 3) for v in row[1:5]], "score": round(row[5], 5)}
-        if class_names is not None:
-            item["class_name"] = class_names[int(row[6])]
-        if file_names is not None:
-            item["file_name"] = file_names.get(int(row[0]))
-        out.append(item)
-    return out
+def coco_results(detections: dict[int, Detections], category_ids: Sequence[int]) -> list[dict]:
+    """COCO results-format dicts (what pycocotools' ``loadRes`` reads), category ids mapped back to the dataset's."""
+    return [{"image_id": int(row[0]), "category_id": int(row[6]), "bbox": [round(v, 3) for v in row[1:5]],
+             "score": round(row[5], 5)} for row in coco_array(detections, category_ids).tolist()]
 
 
 def format_stats(stats: dict[str, float]) -> str:
@@ -211,9 +198,6 @@ def format_per_class(result: EvalResult, data: DatasetRecords) -> str:
 def write_eval_outputs(result: EvalResult, data: DatasetRecords, out_dir: str | os.PathLike, conf: float,
                        plots: bool = True) -> dict[str, Path]:
     """metrics.json, predictions.json (COCO results), PR curves and confusion matrix PNGs."""
-    from retinadet.engine.plots import plot_confusion, plot_pr_curves
-    from retinadet.utils.files import write_json
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = {"metrics": write_json(out / "metrics.json", result.metrics()),
@@ -226,10 +210,10 @@ def write_eval_outputs(result: EvalResult, data: DatasetRecords, out_dir: str | 
     return files
 
 
-def evaluate_detector(detector, data: Optional[str | os.PathLike] = None, split: Optional[str] = None, *,
-                      batch: Optional[int] = None, workers: int = 0, device: Optional[str] = None, amp: Any = False,
-                      conf: float = 0.25, save_dir: Optional[str | os.PathLike] = None, plots: bool = True,
-                      project: str = "runs", name: Optional[str] = None, exist_ok: bool = False,
+def evaluate_detector(detector, data: str | os.PathLike | None = None, split: str | None = None, *,
+                      batch: int | None = None, workers: int = 0, device: str | None = None, amp: Any = False,
+                      conf: float = 0.25, save_dir: str | os.PathLike | None = None, plots: bool = True,
+                      project: str = "runs", name: str | None = None, exist_ok: bool = False,
                       log=print, progress: bool = False) -> dict[str, Any]:
     """``Detector.val``: COCO metrics of a loaded detector on a dataset split.
 
@@ -237,10 +221,6 @@ def evaluate_detector(detector, data: Optional[str | os.PathLike] = None, split:
     used, with the validation batch size recorded there. Writes outputs to ``save_dir`` (or a
     new ``<project>/val/<name>``) and returns the metrics dict.
     """
-    from retinadet.utils.device import resolve_device
-    from retinadet.engine.datasets import eval_split
-    from retinadet.utils.files import increment_run_dir
-
     ck = detector.checkpoint or {}
     if data is None:
         info = ck.get("data")
@@ -254,8 +234,7 @@ def evaluate_detector(detector, data: Optional[str | os.PathLike] = None, split:
         records = _with_category_ids(records, detector.category_ids)
     batch = int(batch or (ck.get("train_config") or {}).get("val_batch") or 8)
     if device is not None:
-        detector.device = resolve_device(device)
-        detector.model.to(detector.device)
+        detector.to(device)
     result = evaluate(detector.model, records, batch_size=batch, workers=workers, device=detector.device, amp=amp,
                       conf=conf, progress=progress)
     out = Path(save_dir) if save_dir else increment_run_dir(project, "val", name, exist_ok)
@@ -275,8 +254,6 @@ def check_classes(class_names: Sequence[str], data: DatasetRecords) -> None:
 
 
 def _with_category_ids(records: DatasetRecords, category_ids: Sequence[int]) -> DatasetRecords:
-    from dataclasses import replace
-
     if list(records.category_ids) == list(category_ids):
         return records
     return replace(records, category_ids=list(category_ids))

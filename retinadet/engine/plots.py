@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 import torch
+
+from retinadet.structures import Detections
 
 
 def _figure(figsize: tuple[float, float]):
@@ -47,7 +49,7 @@ def plot_results(header: Sequence[str], rows: Sequence[Sequence[str]], path: str
     return out
 
 
-def plot_pr_curves(precision: Optional[np.ndarray], class_names: Sequence[str], path: str | os.PathLike) -> Path:
+def plot_pr_curves(precision: np.ndarray | None, class_names: Sequence[str], path: str | os.PathLike) -> Path:
     """Precision-recall at IoU 0.5 per class (``precision`` is COCOeval's [T, R, K, A, M] array)."""
     fig = _figure((7, 6))
     ax = fig.subplots()
@@ -102,7 +104,7 @@ def class_colors(num_classes: int) -> list[tuple[int, int, int]]:
 
 
 def draw_boxes(image: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str],
-               scores: Optional[torch.Tensor] = None, width: int = 2) -> torch.Tensor:
+               scores: torch.Tensor | None = None, width: int = 2) -> torch.Tensor:
     """uint8 [3, H, W] with each box in its class colour, labelled with the class (and score)."""
     from torchvision.utils import draw_bounding_boxes
 
@@ -126,15 +128,16 @@ def save_image(image: torch.Tensor, path: str | os.PathLike) -> Path:
 
 
 def prediction_grid(images: torch.Tensor, sizes: torch.Tensor, gt_boxes: torch.Tensor, gt_labels: torch.Tensor,
-                    dets: Sequence[dict], class_names: Sequence[str], path: str | os.PathLike, max_images: int = 8) -> Path:
-    """Per image: labels (left) beside predictions (right), stacked in rows; boxes in input pixels."""
+                    dets: Sequence[Detections], class_names: Sequence[str], path: str | os.PathLike,
+                    max_images: int = 8) -> Path:
+    """Per image: labels (left) beside predictions (right, CPU :class:`Detections` in input pixels), stacked in rows."""
     rows = []
     for i in range(min(max_images, images.shape[0])):
         h, w = int(sizes[i, 0]), int(sizes[i, 1])
         img = images[i, :, :h, :w].cpu()
         valid = gt_labels[i] >= 0
         left = draw_boxes(img, gt_boxes[i][valid].cpu(), gt_labels[i][valid].cpu(), class_names)
-        right = draw_boxes(img, dets[i]["boxes"].cpu(), dets[i]["labels"].cpu(), class_names, dets[i]["scores"].cpu())
+        right = draw_boxes(img, dets[i].boxes, dets[i].labels, class_names, dets[i].scores)
         rows.append(torch.cat([left, torch.full((3, h, 4), 255, dtype=torch.uint8), right], dim=2))
     width = max(r.shape[2] for r in rows)
     rows = [torch.nn.functional.pad(r, (0, width - r.shape[2], 0, 4), value=255) for r in rows]

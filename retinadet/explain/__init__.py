@@ -20,18 +20,11 @@ from retinadet.explain.cam import (
     to_original,
     upsample_to_input,
 )
-from retinadet.explain.selection import Selection, select_detections
+from retinadet.explain.run import run_cam
 
 __all__ = [
     "Explanation", "NoDetectionsError", "explain", "inference_ms", "LAYERS", "METHODS", "NORM_STATS", "TARGETS", "ForwardRecord",
     "compute_cams", "eigencam", "forward_with_maps", "gradcam", "gradcam_plus_plus", "norm_stats_mode", "to_original",
-    "upsample_to_input", "Selection", "select_detections", "run_cam",
+    "upsample_to_input", "run_cam",
 ]
 
-
-def __getattr__(name):
-    if name == "run_cam":
-        from retinadet.explain.run import run_cam
-
-        return run_cam
-    raise AttributeError(f"module 'retinadet.explain' has no attribute '{name}'")

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from retinadet.data.images import ImageSource, to_image_tensor
 from retinadet.errors import ConfigError, DataError
 from retinadet.explain.cam import check_options, compute_cams, forward_with_maps, to_original
 from retinadet.explain.render import grid as make_grid
 from retinadet.explain.render import overlay
-from retinadet.explain.selection import Selection, select_detections
+from retinadet.model.preprocess import prepare_batch
+from retinadet.structures import Detections
+from retinadet.utils.sentinels import FROM_CONFIG, FromConfig
 
 
 class NoDetectionsError(DataError):
@@ -28,17 +30,15 @@ class Explanation:
     ``heatmaps[i]`` (raw, non-negative, unnormalised) belongs to ``detections`` row ``i``;
     ``overlays[i]`` is it blended on the image with the box and label drawn.
     ``detection_index[i]`` is the row's position among all detections (``all_detections``,
-    best first), ``anchor_index``/``level`` the anchor and pyramid level it came from.
+    best first); ``detections.anchor_index``/``level`` the anchor and pyramid level it came from.
     """
 
     image: Tensor  # [3, H, W] as given (uint8 or [0, 1] float)
-    detections: "Detections"  # noqa: F821 - retinadet.detector.Detections
-    all_detections: "Detections"  # noqa: F821
+    detections: Detections
+    all_detections: Detections
     heatmaps: Tensor  # [D, H, W] float32
     overlays: list[np.ndarray]  # D x uint8 [H, W, 3]
     detection_index: Tensor  # [D]
-    anchor_index: Tensor  # [D]
-    level: Tensor  # [D], 0 = P3
     method: str
     layer: str
     target: str
@@ -48,7 +48,7 @@ class Explanation:
     def __len__(self) -> int:
         return int(self.heatmaps.shape[0])
 
-    def grid(self, columns: Optional[int] = None) -> np.ndarray:
+    def grid(self, columns: int | None = None) -> np.ndarray:
         """All overlays of this image in one RGB array."""
         return make_grid(self.overlays, columns)
 
@@ -56,19 +56,18 @@ class Explanation:
         return [f"{n} {s:.2f}" for n, s in zip(self.detections.names, self.detections.scores.tolist())]
 
 
-def choose(sel: Selection, class_names: Sequence[str], topk: Optional[int], class_name: Optional[str],
-           box_index: Optional[int]) -> Tensor:
-    """Indices (into ``sel``, best first) of the detections to explain."""
-    n = len(sel)
+def choose(dets: Detections, topk: int | None, class_name: str | None, box_index: int | None) -> Tensor:
+    """Indices (into ``dets``, best first) of the detections to explain."""
+    n = len(dets)
     if box_index is not None:
         if not -n <= box_index < n:
             raise ConfigError(f"--box-index {box_index} is out of range: the image has {n} detection(s) (0..{n - 1})")
         return torch.tensor([box_index % n], dtype=torch.long)
     idx = torch.arange(n)
     if class_name is not None:
-        if class_name not in class_names:
-            raise ConfigError(f"unknown class '{class_name}' (the model's classes: {', '.join(class_names)})")
-        idx = idx[sel.labels.cpu() == class_names.index(class_name)]
+        if class_name not in dets.class_names:
+            raise ConfigError(f"unknown class '{class_name}' (the model's classes: {', '.join(dets.class_names)})")
+        idx = idx[dets.labels.cpu() == dets.class_names.index(class_name)]
     if topk is not None and topk > 0:
         idx = idx[:topk]
     return idx
@@ -76,68 +75,63 @@ def choose(sel: Selection, class_names: Sequence[str], topk: Optional[int], clas
 
 def explain(
     detector,
-    image,
+    image: ImageSource,
     method: str = "gradcam",
     layer: str = "fpn",
-    topk: Optional[int] = 5,
-    class_name: Optional[str] = None,
-    box_index: Optional[int] = None,
+    topk: int | None = 5,
+    class_name: str | None = None,
+    box_index: int | None = None,
     target: str = "cls",
-    conf: Optional[float] = 0.25,
-    iou: Optional[float] = None,
-    max_det: Optional[int] = -1,
+    conf: float | None = 0.25,
+    iou: float | None = None,
+    max_det: int | None | FromConfig = FROM_CONFIG,
     alpha: float = 0.5,
     norm_stats: str = "detach",
 ) -> Explanation:
     """Heatmaps for ``detector``'s detections on ``image`` (path, PIL, numpy or tensor).
 
+    ``detector``: a :class:`retinadet.detector.Detector` (its model, class names and device).
     Which detections: ``box_index`` (one, by rank), else those of ``class_name``, capped
     at the best ``topk`` (None or 0: all). Raises :class:`NoDetectionsError` when nothing
     is left to explain. ``norm_stats``: "detach" (default) back-propagates through
     GroupNorm with constant statistics, "exact" uses the true gradient (see
     :mod:`retinadet.explain.cam`).
     """
-    from retinadet.data.images import to_image_tensor
-    from retinadet.detector import Detections
-    from retinadet.model.preprocess import boxes_to_original, preprocess_batch
-
     check_options(method, layer, target, norm_stats)
     tensor, name = to_image_tensor(image)
     model = detector.model
     was_training = model.training
     model.eval()
     try:
-        batch, sizes = preprocess_batch([tensor], detector.cfg.preprocess, detector.device)
-        record = forward_with_maps(model, batch, norm_stats)
-        sel = select_detections(model, record.cls_logits.detach().float(), record.box_deltas.detach().float(),
-                                record.anchors, record.per_level, sizes, batch.shape[-2:], score_thresh=conf,
-                                nms_iou=iou, max_det=max_det)[0]
+        batch = prepare_batch([tensor], model.cfg.preprocess, detector.device)
+        x = model.normalize(batch.images, batch.image_sizes)
+        record = forward_with_maps(model, x, norm_stats)
+        # The same decoding as every other path, boxes in original pixels; anchor and level say
+        # which logit each detection came from.
+        dets = model.postprocess(record.cls_logits.detach().float(), record.box_deltas.detach().float(), record.anchors,
+                                 record.per_level, batch.image_sizes, x.shape[-2:], score_thresh=conf, nms_iou=iou,
+                                 max_det=max_det, output_sizes=batch.orig_sizes, class_names=detector.class_names)[0]
+        dets.source = name
         where = f"{name}: " if name else ""
-        thresh = detector.cfg.inference.score_thresh if conf is None else conf
-        if len(sel) == 0:
+        thresh = model.cfg.inference.score_thresh if conf is None else conf
+        if len(dets) == 0:
             raise NoDetectionsError(f"{where}no detections above --conf {thresh:g}; nothing to explain (try a lower --conf)")
-        idx = choose(sel, detector.class_names, topk, class_name, box_index).to(sel.scores.device)
+        idx = choose(dets, topk, class_name, box_index).to(dets.scores.device)
         if idx.numel() == 0:
             raise NoDetectionsError(f"{where}no '{class_name}' detections above --conf {thresh:g}; nothing to explain")
-        chosen = sel.subset(idx)
+        chosen = dets[idx]
         cams = compute_cams(record, 0, chosen.anchor_index.tolist(), chosen.labels.tolist(), chosen.level.tolist(),
                             method=method, layer=layer, target=target)
     finally:
         model.train(was_training)
     orig = tuple(tensor.shape[-2:])
-    resized = sizes[0].tolist()
+    resized = batch.image_sizes[0].tolist()
     heat = torch.stack([to_original(h, resized, orig) for h in cams.heatmaps]).float().cpu()
-
-    def dets(s: Selection) -> Detections:
-        return Detections(boxes_to_original(s.boxes, resized, orig).cpu(), s.scores.cpu(), s.labels.cpu(),
-                          detector.class_names, orig, name)
-
-    all_dets, chosen_dets = dets(sel), dets(chosen)
-    texts = [f"{n} {s:.2f}" for n, s in zip(chosen_dets.names, chosen_dets.scores.tolist())]
-    overlays = [overlay(tensor, h, box, t, alpha=alpha) for h, box, t in zip(heat, chosen_dets.boxes.tolist(), texts)]
+    all_dets, chosen = dets.cpu(), chosen.cpu()
+    texts = [f"{n} {s:.2f}" for n, s in zip(chosen.names, chosen.scores.tolist())]
+    overlays = [overlay(tensor, h, box, t, alpha=alpha) for h, box, t in zip(heat, chosen.boxes.tolist(), texts)]
     timing = {"forward_ms": record.forward_ms, "backward_ms": cams.backward_ms}
-    return Explanation(tensor, chosen_dets, all_dets, heat, overlays, idx.cpu(), chosen.anchor_index.cpu(),
-                       chosen.level.cpu(), method, layer, target, norm_stats, timing)
+    return Explanation(tensor, chosen, all_dets, heat, overlays, idx.cpu(), method, layer, target, norm_stats, timing)
 
 
 def inference_ms(detector, image, repeats: int = 3) -> float:

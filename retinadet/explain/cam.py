@@ -30,8 +30,8 @@ from __future__ import annotations
 import contextlib
 import time
 import types
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -233,7 +233,7 @@ def compute_cams(
     times: list[float] = []
     eigen_cache: dict[int, Tensor] = {}
     n = len(anchor_index)
-    for i, (a, k, lvl) in enumerate(zip(anchor_index, labels, levels)):
+    for a, k, lvl in zip(anchor_index, labels, levels):
         maps, strides = maps_for(record, layer, int(lvl))
         if method == "eigencam":
             key = -1 if layer != "fpn" else int(lvl)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -35,7 +35,7 @@ def image_to_numpy(image: Tensor) -> np.ndarray:
     return image.permute(1, 2, 0).cpu().numpy().copy()
 
 
-def draw_box(rgb: np.ndarray, box: Sequence[float], label: Optional[str], color=(255, 255, 255)) -> np.ndarray:
+def draw_box(rgb: np.ndarray, box: Sequence[float], label: str | None, color=(255, 255, 255)) -> np.ndarray:
     from PIL import Image, ImageDraw
 
     pil = Image.fromarray(rgb)
@@ -51,7 +51,7 @@ def draw_box(rgb: np.ndarray, box: Sequence[float], label: Optional[str], color=
     return np.asarray(pil).copy()
 
 
-def overlay(image: Tensor, heat: Tensor, box: Optional[Sequence[float]] = None, label: Optional[str] = None,
+def overlay(image: Tensor, heat: Tensor, box: Sequence[float] | None = None, label: str | None = None,
             alpha: float = 0.5, cmap: str = "jet") -> np.ndarray:
     """The heatmap (scaled to [0, 1]) blended on the image, with the detection drawn."""
     base = image_to_numpy(image).astype(np.float32)
@@ -62,7 +62,7 @@ def overlay(image: Tensor, heat: Tensor, box: Optional[Sequence[float]] = None, 
     return blended
 
 
-def grid(tiles: Sequence[np.ndarray], columns: Optional[int] = None, pad: int = 4) -> np.ndarray:
+def grid(tiles: Sequence[np.ndarray], columns: int | None = None, pad: int = 4) -> np.ndarray:
     """Equal-size RGB tiles laid out in a grid (white gaps)."""
     if not tiles:
         raise ValueError("no tiles to lay out")

@@ -4,41 +4,42 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import numpy as np
 
 from retinadet.errors import RetinadetError
 from retinadet.explain.api import NoDetectionsError, explain
+from retinadet.explain.cam import check_options
 from retinadet.explain.render import save_png
+from retinadet.utils.files import increment_run_dir, write_json
+from retinadet.utils.sentinels import FROM_CONFIG, FromConfig
+from retinadet.utils.sources import VIDEO_SUFFIXES, list_sources
 
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "x"
 
 
-def run_cam(weights: Any, source: str | os.PathLike, *, method: str = "gradcam", layer: str = "fpn", topk: Optional[int] = 5,
-            class_name: Optional[str] = None, box_index: Optional[int] = None, target: str = "cls",
-            conf: Optional[float] = 0.25, iou: Optional[float] = None, max_det: Optional[int] = -1,
-            norm_stats: str = "detach", save_npy: bool = False, device: Optional[str] = None, project: str | os.PathLike = "runs",
-            name: Optional[str] = None, exist_ok: bool = False, log: Callable[[str], None] = print) -> dict:
-    """Per image with detections: ``<stem>_det<i>_<class>.png`` per explained detection, ``<stem>_grid.png``,
-    optionally ``<stem>_det<i>.npy`` (raw heatmap, original pixels), and ``cam.json`` for the run.
+def run_cam(detector: Any, source: str | os.PathLike, *, method: str = "gradcam", layer: str = "fpn",
+            topk: int | None = 5, class_name: str | None = None, box_index: int | None = None, target: str = "cls",
+            conf: float | None = 0.25, iou: float | None = None, max_det: int | None | FromConfig = FROM_CONFIG,
+            norm_stats: str = "detach", save_npy: bool = False, project: str | os.PathLike = "runs",
+            name: str | None = None, exist_ok: bool = False, log: Callable[[str], None] = print) -> dict:
+    """Explain ``detector``'s (a :class:`retinadet.detector.Detector`) detections on ``source``. Per image with
+    detections: ``<stem>_det<i>_<class>.png`` per explained detection, ``<stem>_grid.png``, optionally
+    ``<stem>_det<i>.npy`` (raw heatmap, original pixels), and ``cam.json`` for the run.
 
     Images without detections are reported and skipped; when no image has any, raises
     :class:`NoDetectionsError` (the CLI exits non-zero) and writes no run folder.
     """
-    from retinadet.engine.predict import VIDEO_SUFFIXES, _load, list_sources
-    from retinadet.utils.files import increment_run_dir, write_json
-    from retinadet.explain.cam import check_options
-
     check_options(method, layer, target, norm_stats)
     files = list_sources(source)
     if len(files) == 1 and Path(files[0]).suffix.lower() in VIDEO_SUFFIXES:
         raise RetinadetError(f"{files[0]}: retinadet cam explains images, not videos")
-    detector = _load(weights, device)
-    out: Optional[Path] = None
+    out: Path | None = None
     records, skipped = [], []
     n_det, fwd_ms, bwd_ms = 0, [], []
     for path in files:
@@ -62,7 +63,8 @@ def run_cam(weights: Any, source: str | os.PathLike, *, method: str = "gradcam",
             box = exp.detections.boxes[j].tolist()
             records.append({"file_name": str(path), "detection": rank, "class_name": exp.detections.names[j],
                             "score": float(exp.detections.scores[j]), "box_xyxy": box,
-                            "anchor_index": int(exp.anchor_index[j]), "level": f"P{int(exp.level[j]) + 3}",
+                            "anchor_index": int(exp.detections.anchor_index[j]),
+                            "level": f"P{int(exp.detections.level[j]) + 3}",
                             "overlay": f"{stem}_det{rank}_{cls}.png"})
         save_png(exp.grid(), out / f"{stem}_grid.png")
         n_det += len(exp)
@@ -72,8 +74,8 @@ def run_cam(weights: Any, source: str | os.PathLike, *, method: str = "gradcam",
         what = "the image" if len(files) == 1 else f"any of the {len(files)} images"
         thresh = "the model's threshold" if conf is None else f"--conf {conf:g}"
         raise NoDetectionsError(f"no detections above {thresh} in {what} at {source}; nothing to explain (try a lower --conf)")
-    summary = {"method": method, "layer": layer, "target": target, "norm_stats": norm_stats, "conf": conf, "images": len(files) - len(skipped),
-               "skipped": skipped, "detections": records,
+    summary = {"method": method, "layer": layer, "target": target, "norm_stats": norm_stats, "conf": conf,
+               "images": len(files) - len(skipped), "skipped": skipped, "detections": records,
                "forward_ms_mean": float(np.mean(fwd_ms)),
                "backward_ms_per_detection": float(np.mean(bwd_ms)) if bwd_ms else None}
     write_json(out / "cam.json", summary)

@@ -17,14 +17,16 @@ import math
 import os
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import torch
 
 from retinadet.export.errors import ExportError
 from retinadet.export.graph import INPUT_NAMES, OUTPUT_NAMES, ExportModule
 from retinadet.model.retinanet import RetinaNet
+from retinadet.weights.resolve import load_weights
 
 MIN_OPSET = 11  # NonMaxSuppression
 DEFAULT_OPSET = 17
@@ -52,7 +54,7 @@ def check_opset(opset: int) -> int:
     return opset
 
 
-def sample_inputs(model: RetinaNet, imgsz: Optional[int] = None, batch: int = 1, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_inputs(model: RetinaNet, imgsz: int | None = None, batch: int = 1, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """A random padded batch [batch, 3, S, S] (S = imgsz rounded up to the stride) and its sizes."""
     pre = model.cfg.preprocess
     size = int(imgsz or pre.fixed_size or pre.min_size)
@@ -65,7 +67,7 @@ def sample_inputs(model: RetinaNet, imgsz: Optional[int] = None, batch: int = 1,
 
 
 def metadata(model: RetinaNet, module: ExportModule, class_names: Sequence[str], category_ids=None,
-             extra: Optional[dict] = None) -> dict[str, str]:
+             extra: dict | None = None) -> dict[str, str]:
     try:
         from importlib.metadata import version
 
@@ -114,8 +116,8 @@ def _prepare(path, model, imgsz, batch, max_det, score_thresh, nms_iou, input_dt
 
 
 def export_onnx(model: RetinaNet, path: str | os.PathLike, class_names: Sequence[str], *, category_ids=None,
-                opset: int = DEFAULT_OPSET, imgsz: Optional[int] = None, batch: int = 1, score_thresh: Optional[float] = None,
-                nms_iou: Optional[float] = None, max_det: Optional[int] = None, input_dtype: str = "float32",
+                opset: int = DEFAULT_OPSET, imgsz: int | None = None, batch: int = 1, score_thresh: float | None = None,
+                nms_iou: float | None = None, max_det: int | None = None, input_dtype: str = "float32",
                 verify: bool = True) -> Path:
     """Write ``path`` (.onnx): normalisation, network, anchors and post-processing in one graph.
 
@@ -139,7 +141,8 @@ def export_onnx(model: RetinaNet, path: str | os.PathLike, class_names: Sequence
         tmp.unlink(missing_ok=True)
         raise _unsupported(model, f"ONNX opset {opset}", exc) from exc
     proto = onnx.load(str(tmp))
-    for key, value in metadata(model, module, class_names, category_ids, {"opset": int(opset), "exporter": "torch.onnx.export(dynamo=False)"}).items():
+    extra = {"opset": int(opset), "exporter": "torch.onnx.export(dynamo=False)"}
+    for key, value in metadata(model, module, class_names, category_ids, extra).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     proto.producer_name = "retinadet"
@@ -155,7 +158,7 @@ def export_onnx(model: RetinaNet, path: str | os.PathLike, class_names: Sequence
     return path
 
 
-def _compare(ref: Sequence[torch.Tensor], got: Sequence[torch.Tensor], atol_box: float = 1e-2, atol_score: float = 1e-4) -> Optional[str]:
+def _compare(ref: Sequence[torch.Tensor], got: Sequence[torch.Tensor], atol_box: float = 1e-2, atol_score: float = 1e-4) -> str | None:
     """None when both give the same detections (counts, labels, scores, boxes), else what differs."""
     rb, rs, rl, rn = (t.detach().cpu() for t in ref)
     gb, gs, gl, gn = (t.detach().cpu() for t in got)
@@ -176,7 +179,7 @@ def _compare(ref: Sequence[torch.Tensor], got: Sequence[torch.Tensor], atol_box:
     return None
 
 
-def verify_onnx(module: ExportModule, path: Path, imgsz: Optional[int]) -> None:
+def verify_onnx(module: ExportModule, path: Path, imgsz: int | None) -> None:
     """onnxruntime vs eager at a different batch and a non-square size than the trace."""
     import onnxruntime as ort
 
@@ -198,8 +201,8 @@ def verify_onnx(module: ExportModule, path: Path, imgsz: Optional[int]) -> None:
 
 
 def export_torchscript(model: RetinaNet, path: str | os.PathLike, class_names: Sequence[str], *, category_ids=None,
-                       imgsz: Optional[int] = None, batch: int = 1, score_thresh: Optional[float] = None,
-                       nms_iou: Optional[float] = None, max_det: Optional[int] = None, input_dtype: str = "float32",
+                       imgsz: int | None = None, batch: int = 1, score_thresh: float | None = None,
+                       nms_iou: float | None = None, max_det: int | None = None, input_dtype: str = "float32",
                        verify: bool = True) -> Path:
     """Write a traced TorchScript module (same inputs and outputs as the ONNX graph).
 
@@ -256,7 +259,7 @@ def _time(fn, repeats: int, warmup: int = 1) -> float:
     return times[len(times) // 2]
 
 
-def benchmark(model: RetinaNet, exported: str | os.PathLike, fmt: str, imgsz: Optional[int] = None, batch: int = 1,
+def benchmark(model: RetinaNet, exported: str | os.PathLike, fmt: str, imgsz: int | None = None, batch: int = 1,
               repeats: int = 5) -> dict[str, Any]:
     """Median ms per image of eager PyTorch (normalise + network + postprocess) and of the exported
     model at the same input, both on this CPU with their default thread counts."""
@@ -302,26 +305,23 @@ def default_output(weights: str | os.PathLike, fmt: str) -> Path:
     return p.with_suffix(SUFFIX[fmt]) if p.suffix else p.with_name(p.name + SUFFIX[fmt])
 
 
-def export(weights: Any, fmt: str = "onnx", output: Optional[str | os.PathLike] = None, *, opset: int = DEFAULT_OPSET,
-           imgsz: Optional[int] = None, batch: int = 1, score_thresh: Optional[float] = None, nms_iou: Optional[float] = None,
-           max_det: Optional[int] = None, input_dtype: str = "float32", bench: bool = True, repeats: int = 5,
+def export(weights: Any, fmt: str = "onnx", output: str | os.PathLike | None = None, *, opset: int = DEFAULT_OPSET,
+           imgsz: int | None = None, batch: int = 1, score_thresh: float | None = None, nms_iou: float | None = None,
+           max_det: int | None = None, input_dtype: str = "float32", bench: bool = True, repeats: int = 5,
            log=print) -> dict[str, Any]:
-    """Export a weights spec (anything ``retinadet.load`` reads) or a Detector; the file goes beside
-    the weights unless ``output`` is given. Returns the path and, with ``bench``, the timings."""
-    from retinadet.detector import Detector
-
+    """Export a weights spec (anything ``retinadet.load`` reads) or a loaded detector (anything with ``model``,
+    ``class_names`` and ``category_ids``, such as a ``Detector``); the file goes beside the weights unless
+    ``output`` is given. Returns the path and, with ``bench``, the timings."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format '{fmt}'; use one of {', '.join(FORMATS)}")
     if fmt == "onnx":
         check_opset(int(opset))
-    if isinstance(weights, Detector):
+    if isinstance(weights, (str, os.PathLike)):
+        det = load_weights(weights)
+    else:
         det = weights
         if output is None:
-            raise ExportError("exporting a Detector object needs an output path")
-    else:
-        from retinadet.engine.predict import load_detector
-
-        det = load_detector(weights)
+            raise ExportError("exporting a loaded detector needs an output path")
     out = Path(output) if output is not None else default_output(weights, fmt)
     kwargs = dict(category_ids=det.category_ids, imgsz=imgsz, batch=batch, score_thresh=score_thresh, nms_iou=nms_iou,
                   max_det=max_det, input_dtype=input_dtype)

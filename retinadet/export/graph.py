@@ -20,13 +20,11 @@ Outputs (fixed shape, padded)
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor, nn
 from torchvision.ops import nms
 
-from retinadet.model.anchors import base_anchors, LEVELS
+from retinadet.model.anchors import LEVELS, base_anchors
 from retinadet.model.retinanet import RetinaNet
 
 INPUT_NAMES = ["images", "image_sizes"]
@@ -50,8 +48,8 @@ def _int_min(t: Tensor, bound: int) -> Tensor:
 
 
 class ExportModule(nn.Module):
-    def __init__(self, model: RetinaNet, max_det: Optional[int] = None, score_thresh: Optional[float] = None,
-                 nms_iou: Optional[float] = None, input_dtype: str = "float32"):
+    def __init__(self, model: RetinaNet, max_det: int | None = None, score_thresh: float | None = None,
+                 nms_iou: float | None = None, input_dtype: str = "float32"):
         super().__init__()
         if input_dtype not in ("float32", "uint8"):
             raise ValueError(f"input_dtype must be 'float32' or 'uint8', got '{input_dtype}'")

@@ -1,45 +1,51 @@
 """Run an exported ONNX RetinaNet with onnxruntime, numpy and Pillow only (never torch).
 
-Preprocessing reproduces the torch path (:func:`retinadet.model.preprocess.preprocess_batch`):
-resize by ``min(min_size / short side, max_size / long side)`` with bilinear interpolation
-computed exactly as ``torch.nn.functional.interpolate(align_corners=False, antialias=False)``
-(Pillow's bilinear resize antialiases when shrinking, so it is not used), zero padding
-bottom-right to a multiple of ``size_divisible``, one padded size per batch. Boxes are mapped
-back to original pixels as :func:`retinadet.model.preprocess.boxes_to_original` does, and
-``predictions.json`` and the annotated images are written as ``retinadet predict`` writes them.
+Preprocessing is the torch path's (:mod:`retinadet.model.preprocess`): the sizes come from the same
+rule (:mod:`retinadet.utils.resize`), the resampler is the same antialiased bilinear kernel on uint8,
+reimplemented in integer numpy so that its pixels are bit-exact with torch's, zero padding
+bottom-right, one padded size per batch. Boxes are mapped back to original pixels per axis, and
+``predictions.json`` is written by the writer ``retinadet predict`` uses.
 """
 
 from __future__ import annotations
 
 import colorsys
 import json
-import math
 import os
-from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from retinadet.utils.files import atomic_write_text, increment_run_dir
-from retinadet.utils.sources import list_sources
-from retinadet.errors import DataError
+from retinadet.errors import DataError, RetinadetError
 from retinadet.export.errors import ExportError
+from retinadet.utils import resize as rule
+from retinadet.utils.files import increment_run_dir
+from retinadet.utils.prediction_writer import PredictionWriter
+from retinadet.utils.sentinels import FROM_CONFIG, FromConfig
+from retinadet.utils.sources import list_sources
 
 META_PREFIX = "retinadet."
 
 
 @dataclass
-class OnnxDetections:
-    """Detections for one image in its original pixel coordinates (numpy)."""
+class NumpyDetections:
+    """The numpy twin of :class:`retinadet.structures.Detections` (same field names) for one image,
+    in its original pixels. The exported graph does not report which anchor produced a detection
+    (only Grad-CAM needs it, and that needs torch), so ``anchor_index`` and ``level`` are empty
+    arrays unless a caller fills them."""
 
     boxes: np.ndarray  # [D, 4] float32 xyxy
     scores: np.ndarray  # [D] float32
     labels: np.ndarray  # [D] int64
-    class_names: list
-    image_size: tuple  # (h, w) of the original image
-    source: Optional[str] = None
+    image_size: tuple[int, int]  # (h, w) of the original image
+    class_names: list[str] = field(default_factory=list)
+    source: str | None = None
+    anchor_index: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    level: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
@@ -49,76 +55,86 @@ class OnnxDetections:
         return [self.class_names[i] for i in self.labels.tolist()]
 
     def to_records(self) -> list[dict]:
-        out = []
-        for (x1, y1, x2, y2), s, lb in zip(self.boxes.tolist(), self.scores.tolist(), self.labels.tolist()):
-            out.append({"bbox": [x1, y1, x2 - x1, y2 - y1], "score": s, "label": lb, "class_name": self.class_names[lb]})
-        return out
+        """One dict per detection: box as COCO [x, y, w, h], score, label and class name."""
+        return [{"bbox": [x1, y1, x2 - x1, y2 - y1], "score": s, "label": lb, "class_name": self.class_names[lb]}
+                for (x1, y1, x2, y2), s, lb in zip(self.boxes.tolist(), self.scores.tolist(), self.labels.tolist())]
 
 
 # ----------------------------------------------------------------------------- preprocessing
 
 
-def resize_scale(height: int, width: int, pre: dict) -> float:
-    if pre.get("fixed_size") is not None:
-        return pre["fixed_size"] / max(height, width)
-    return min(pre["min_size"] / min(height, width), pre["max_size"] / max(height, width))
+def resized_size(height: int, width: int, pre: dict) -> tuple[int, int]:
+    """The torch path's size rule, from the ``preprocess`` section of the exported model config."""
+    return rule.resized_size(height, width, pre["min_size"], pre["max_size"], pre.get("fixed_size"))
 
 
-def _linear_indices(in_size: int, out_size: int):
-    """Source indices and weights of torch's bilinear kernel (align_corners=False), in float32."""
-    scale = np.float32(in_size) / np.float32(out_size)
-    src = scale * (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) - np.float32(0.5)
-    src = np.maximum(src, np.float32(0.0))
-    i0 = src.astype(np.int64)
-    i1 = np.where(i0 < in_size - 1, i0 + 1, i0)
-    l1 = np.clip(src - i0.astype(np.float32), 0.0, 1.0).astype(np.float32)
-    return i0, i1, (np.float32(1.0) - l1).astype(np.float32), l1
+def _aa_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Source indices [out, K], integer weights [out, K] and their precision (bits) of the antialiased
+    bilinear kernel, computed as torch's uint8 resize computes them (Pillow's algorithm: a triangle filter
+    widened by the scale, weights normalised in float64, then rounded to int16 at the largest precision
+    that keeps them in range)."""
+    scale = in_size / out_size
+    support = scale if scale >= 1.0 else 1.0
+    invscale = 1.0 / scale if scale >= 1.0 else 1.0
+    center = scale * (np.arange(out_size) + 0.5)
+    xmin = np.maximum(np.trunc(center - support + 0.5).astype(np.int64), 0)
+    xsize = np.minimum(np.trunc(center + support + 0.5).astype(np.int64), in_size) - xmin
+    k = np.arange(int(xsize.max()))
+    x = np.abs((k[None, :] + xmin[:, None] - center[:, None] + 0.5) * invscale)
+    w = np.where((k[None, :] < xsize[:, None]) & (x < 1.0), 1.0 - x, 0.0)
+    w = w / w.sum(axis=1, keepdims=True)
+    w_max = float(w.max())
+    precision = 0
+    while precision < 22 and int(0.5 + w_max * (1 << (precision + 1))) < (1 << 15):
+        precision += 1
+    v = w * (1 << precision)
+    weights = np.where(v < 0, np.trunc(v - 0.5), np.trunc(v + 0.5)).astype(np.int32)
+    return np.minimum(xmin[:, None] + k[None, :], in_size - 1), weights, precision
 
 
-def resize_bilinear(image: np.ndarray, scale: float) -> np.ndarray:
-    """float32 [3, H, W] resized by ``scale`` (output size floor(H * scale)), as torch does it."""
-    _, h, w = image.shape
-    oh, ow = int(math.floor(float(h * scale))), int(math.floor(float(w * scale)))
-    y0, y1, wy0, wy1 = _linear_indices(h, oh)
-    x0, x1, wx0, wx1 = _linear_indices(w, ow)
-    top, bottom = image[:, y0, :], image[:, y1, :]
-    rows = top * wy0[None, :, None] + bottom * wy1[None, :, None]
-    return (rows[:, :, x0] * wx0 + rows[:, :, x1] * wx1).astype(np.float32)
+def _resize_axis(image: np.ndarray, out_size: int, axis: int) -> np.ndarray:
+    """One separable pass over ``axis`` (0: rows, 1: columns) of a uint8 HxWxC image, in integers."""
+    index, weights, precision = _aa_weights(image.shape[axis], out_size)
+    shape = [1, 1, 1]
+    shape[axis] = out_size
+    acc = np.full(1, 1 << (precision - 1), dtype=np.int32)
+    for k in range(index.shape[1]):  # taps of the filter (a handful), each over the whole image at once
+        acc = acc + np.take(image, index[:, k], axis=axis).astype(np.int32) * weights[:, k].reshape(shape)
+    return np.clip(acc >> precision, 0, 255).astype(np.uint8)
 
 
-def padded_size(sizes: Sequence[Sequence[int]], pre: dict) -> tuple[int, int]:
-    d = pre.get("size_divisible", 32)
-    if pre.get("fixed_size") is not None:
-        side = int(math.ceil(pre["fixed_size"] / d) * d)
-        return side, side
-    h = max(s[0] for s in sizes)
-    w = max(s[1] for s in sizes)
-    return int(math.ceil(h / d) * d), int(math.ceil(w / d) * d)
+def resize_uint8(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """uint8 HxWxC resized with antialiased bilinear, bit-exact with torch's (and so with the training
+    loader's and ``retinadet predict``'s) uint8 resize: the horizontal pass first, then the vertical."""
+    if image.shape[1] != width:
+        image = _resize_axis(image, width, 1)
+    if image.shape[0] != height:
+        image = _resize_axis(image, height, 0)
+    return image
 
 
 def preprocess(images: Sequence[np.ndarray], pre: dict, input_dtype: str = "float32") -> tuple[np.ndarray, np.ndarray]:
     """uint8 HxWx3 images -> (padded batch [B, 3, H, W], resized sizes [B, 2] int64)."""
     resized = []
     for img in images:
-        if img.ndim != 3 or img.shape[2] != 3:
-            raise DataError(f"images must be HxWx3 RGB arrays, got shape {img.shape}")
-        x = np.ascontiguousarray(img.transpose(2, 0, 1)).astype(np.float32)
-        x = x / np.float32(255.0) if img.dtype == np.uint8 else x
-        resized.append(resize_bilinear(x, resize_scale(img.shape[0], img.shape[1], pre)))
+        if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+            raise DataError(f"images must be HxWx3 uint8 RGB arrays, got shape {img.shape} {img.dtype}")
+        h, w = resized_size(img.shape[0], img.shape[1], pre)
+        resized.append(resize_uint8(img, h, w).transpose(2, 0, 1))
     sizes = [r.shape[-2:] for r in resized]
-    h, w = padded_size(sizes, pre)
-    batch = np.zeros((len(resized), 3, h, w), dtype=np.float32)
+    h, w = rule.padded_size(sizes, pre["size_divisible"], pre.get("fixed_size"))
+    batch = np.zeros((len(resized), 3, h, w), dtype=np.uint8)
     for i, r in enumerate(resized):
         batch[i, :, : r.shape[1], : r.shape[2]] = r
-    if input_dtype == "uint8":
-        batch = np.clip(np.rint(batch * 255.0), 0, 255).astype(np.uint8)
+    if input_dtype == "float32":
+        batch = batch.astype(np.float32) / np.float32(255.0)
     return batch, np.asarray(sizes, dtype=np.int64)
 
 
 def boxes_to_original(boxes: np.ndarray, resized_hw: Sequence[int], original_hw: Sequence[int]) -> np.ndarray:
-    ratio_h = np.float32(original_hw[0]) / np.float32(resized_hw[0])
-    ratio_w = np.float32(original_hw[1]) / np.float32(resized_hw[1])
-    return (boxes.astype(np.float32) * np.array([ratio_w, ratio_h, ratio_w, ratio_h], dtype=np.float32)).astype(np.float32)
+    """Boxes from resized-image pixels to the original image's, per axis (as the torch path)."""
+    ratio = np.array([original_hw[1] / resized_hw[1], original_hw[0] / resized_hw[0]] * 2, dtype=np.float32)
+    return (boxes.astype(np.float32) * ratio).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------- the detector
@@ -158,9 +174,9 @@ def _session(path, providers=None):
 
 class OnnxDetector:
     """An exported model with its class names and preprocessing; ``predict`` mirrors
-    :meth:`retinadet.detector.Detector.predict` and returns :class:`OnnxDetections`."""
+    :meth:`retinadet.detector.Detector.predict` and returns :class:`NumpyDetections`."""
 
-    def __init__(self, path: str | os.PathLike, providers: Optional[Sequence[str]] = None):
+    def __init__(self, path: str | os.PathLike, providers: Sequence[str] | None = None):
         self.path = os.fspath(path)
         self.session = _session(self.path, providers)
         self.meta = read_metadata(self.path, self.session)
@@ -185,21 +201,22 @@ class OnnxDetector:
                               f"with; re-export with `retinadet export ... --conf {conf}`")
         if iou is not None and abs(iou - self.nms_iou) > 1e-9:
             raise ExportError(f"the NMS IoU is fixed at export ({self.nms_iou}); re-export with `retinadet export ... --iou {iou}`")
-        if max_det is not None and max_det != -1 and max_det > self.max_det:
+        if max_det is not FROM_CONFIG and max_det is not None and max_det > self.max_det:
             raise ExportError(f"--max-det {max_det} exceeds the {self.max_det} detections this model was exported with; "
                               f"re-export with `retinadet export ... --max-det {max_det}`")
-        limit = self.max_det if max_det is None or max_det == -1 else int(max_det)
+        limit = self.max_det if max_det is FROM_CONFIG or max_det is None else int(max_det)
         return (self.score_thresh if conf is None else float(conf)), limit
 
-    def predict(self, images: Sequence[np.ndarray], conf: Optional[float] = None, iou: Optional[float] = None,
-                max_det: Optional[int] = -1, batch_size: int = 4, sources: Optional[Sequence[Optional[str]]] = None) -> list[OnnxDetections]:
+    def predict(self, images: Sequence[np.ndarray], conf: float | None = None, iou: float | None = None,
+                max_det: int | None | FromConfig = FROM_CONFIG, batch_size: int = 4,
+                sources: Sequence[str | None] | None = None) -> list[NumpyDetections]:
         """Detections per uint8 HxWx3 RGB image, boxes in original coordinates.
 
         ``conf`` at or above the exported threshold filters after the graph (the same result as
         thresholding first: NMS only lets a box suppress lower-scored ones)."""
         thresh, limit = self._check_overrides(conf, iou, max_det)
         sources = list(sources) if sources is not None else [None] * len(images)
-        out: list[OnnxDetections] = []
+        out: list[NumpyDetections] = []
         for start in range(0, len(images), max(1, batch_size)):
             chunk = images[start:start + batch_size]
             batch, sizes = preprocess(chunk, self.preprocess_cfg, self.input_dtype)
@@ -209,8 +226,8 @@ class OnnxDetector:
                 keep = np.nonzero(scores[i, :n] > thresh)[0][:limit]
                 orig = (int(img.shape[0]), int(img.shape[1]))
                 bx = boxes_to_original(boxes[i, keep], sizes[i].tolist(), orig)
-                out.append(OnnxDetections(bx, scores[i, keep].astype(np.float32), labels[i, keep].astype(np.int64),
-                                          self.class_names, orig, sources[start + i]))
+                out.append(NumpyDetections(bx, scores[i, keep].astype(np.float32), labels[i, keep].astype(np.int64),
+                                           orig, self.class_names, sources[start + i]))
         return out
 
 
@@ -219,8 +236,6 @@ class OnnxDetector:
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """uint8 HxWx3 RGB with EXIF orientation applied (as :func:`retinadet.data.images.read_image`)."""
-    from PIL import Image, ImageOps
-
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{p}: image file not found")
@@ -241,10 +256,8 @@ def class_colors(num_classes: int) -> list[tuple[int, int, int]]:
 
 
 def draw_boxes(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
-               scores: Optional[np.ndarray] = None, width: int = 2) -> np.ndarray:
+               scores: np.ndarray | None = None, width: int = 2) -> np.ndarray:
     """The drawing of :func:`retinadet.engine.plots.draw_boxes` (torchvision's draw_bounding_boxes) in Pillow."""
-    from PIL import Image, ImageDraw, ImageFont
-
     if boxes.shape[0] == 0:
         return image
     colors = class_colors(len(class_names))
@@ -263,8 +276,6 @@ def draw_boxes(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, class_n
 
 
 def save_image(image: np.ndarray, path: str | os.PathLike) -> Path:
-    from PIL import Image
-
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
     Image.fromarray(image).save(tmp)
@@ -275,11 +286,13 @@ def save_image(image: np.ndarray, path: str | os.PathLike) -> Path:
 # ----------------------------------------------------------------------------- predict
 
 
-def predict_onnx(weights: Any, source: str | os.PathLike, *, conf: Optional[float] = 0.25, iou: Optional[float] = None,
-                 max_det: Optional[int] = -1, batch: int = 4, imgsz: Optional[int] = None, save: bool = True,
-                 save_txt: bool = False, save_csv: bool = False, project: str = "runs", name: Optional[str] = None,
-                 exist_ok: bool = False, progress: bool = True, log=print, **_ignored) -> dict[str, Any]:
-    """``retinadet predict`` for ``.onnx`` weights: same folder layout, predictions.json records and drawing."""
+def predict_onnx(weights: Any, source: str | os.PathLike, *, conf: float | None = 0.25, iou: float | None = None,
+                 max_det: int | None | FromConfig = FROM_CONFIG, batch: int = 4, imgsz: int | None = None,
+                 save: bool = True, save_txt: bool = False, save_csv: bool = False, project: str = "runs",
+                 name: str | None = None, exist_ok: bool = False, progress: bool = True, log=print,
+                 amp: Any = False) -> dict[str, Any]:
+    """``retinadet predict`` for ``.onnx`` weights: the same folder layout, files and drawing. ``amp`` is
+    accepted for the same signature as the torch path; the exported graph runs in its own precision."""
     files = list_sources(source)
     det = weights if isinstance(weights, OnnxDetector) else OnnxDetector(weights)
     if imgsz:
@@ -287,67 +300,35 @@ def predict_onnx(weights: Any, source: str | os.PathLike, *, conf: Optional[floa
         if det.preprocess_cfg.get("fixed_size") is not None:
             det.preprocess_cfg["fixed_size"] = int(imgsz)
     out = increment_run_dir(project, "predict", name, exist_ok)
-    if save_txt:
-        (out / "labels").mkdir(exist_ok=True)
+    writer = PredictionWriter(out, det.class_names, det.category_ids, save_txt=save_txt, save_csv=save_csv)
     try:
         from tqdm import tqdm
     except ImportError:  # tqdm is optional for the light runner
         tqdm = None
     bar = tqdm(desc="predict", unit="img", total=len(files), disable=not progress) if tqdm else None
-    cat_ids = det.category_ids or list(range(1, len(det.class_names) + 1))
-    records: list[dict] = []
-    counts: Counter = Counter()
-    images = 0
-    csv_rows = []
     for start in range(0, len(files), max(1, batch)):
         chunk = files[start:start + max(1, batch)]
         arrays = [read_image(f) for f in chunk]
         results = det.predict(arrays, conf=conf, iou=iou, max_det=max_det, batch_size=len(chunk), sources=chunk)
-        for image_id, (f, img, r) in enumerate(zip(chunk, arrays, results), start=images + 1):
-            fname = Path(f).name
-            counts.update(r.names)
-            for rec in r.to_records():
-                records.append({"image_id": image_id, "file_name": fname, "source": f,
-                                "category_id": int(cat_ids[rec["label"]]), "class_name": rec["class_name"],
-                                "bbox": [round(v, 3) for v in rec["bbox"]], "score": round(rec["score"], 5)})
-                b = records[-1]["bbox"]
-                csv_rows.append([fname, rec["class_name"], records[-1]["category_id"], records[-1]["score"], b[0], b[1],
-                                 round(b[0] + b[2], 3), round(b[1] + b[3], 3)])
+        for f, img, r in zip(chunk, arrays, results):
+            writer.add(Path(f).name, f, r.image_size, r.boxes.tolist(), r.scores.tolist(), r.labels.tolist())
             if save:
-                save_image(draw_boxes(img, r.boxes, r.labels, det.class_names, r.scores), out / (Path(fname).stem + ".png"))
-            if save_txt:
-                h, w = r.image_size
-                lines = [f"{lab} {((x1 + x2) / 2) / w:.6f} {((y1 + y2) / 2) / h:.6f} {(x2 - x1) / w:.6f} {(y2 - y1) / h:.6f} {s:.5f}"
-                         for (x1, y1, x2, y2), s, lab in zip(r.boxes.tolist(), r.scores.tolist(), r.labels.tolist())]
-                atomic_write_text(out / "labels" / (Path(fname).stem + ".txt"), "\n".join(lines) + ("\n" if lines else ""))
-        images += len(chunk)
+                save_image(draw_boxes(img, r.boxes, r.labels, det.class_names, r.scores), out / (Path(f).stem + ".png"))
         if bar is not None:
             bar.update(len(chunk))
     if bar is not None:
         bar.close()
-    atomic_write_text(out / "predictions.json", json.dumps(records, indent=2) + "\n")
-    if save_csv:
-        import csv
-        import io
-
-        buf = io.StringIO()
-        writer = csv.writer(buf)
-        writer.writerow(["file_name", "class_name", "category_id", "score", "x1", "y1", "x2", "y2"])
-        writer.writerows(csv_rows)
-        atomic_write_text(out / "predictions.csv", buf.getvalue())
-    summary = ", ".join(f"{n} {c}" for c, n in sorted(counts.items(), key=lambda kv: -kv[1])) or "no detections"
-    log(f"{images} image(s): {summary}")
+    result = writer.close()
+    log(writer.summary())
     log(f"results saved to {out}")
-    return {"save_dir": str(out), "images": images, "counts": dict(counts), "detections": len(records)}
+    return result
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """``python -m retinadet.export.onnx_runtime --weights M.onnx --source S``: the predict command
     for machines with onnxruntime but no torch (the options of ``retinadet predict``)."""
     import argparse
     import sys
-
-    from retinadet.errors import RetinadetError
 
     ap = argparse.ArgumentParser(prog="python -m retinadet.export.onnx_runtime", description=main.__doc__.splitlines()[0])
     ap.add_argument("--weights", required=True, help="an exported .onnx model")
@@ -366,7 +347,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = ap.parse_args(argv)
     try:
         predict_onnx(args.weights, args.source, conf=args.conf, iou=args.iou,
-                     max_det=-1 if args.max_det is None else args.max_det, batch=args.batch, imgsz=args.imgsz,
+                     max_det=FROM_CONFIG if args.max_det is None else args.max_det, batch=args.batch, imgsz=args.imgsz,
                      save=not args.nosave, save_txt=args.save_txt, save_csv=args.save_csv, project=args.project,
                      name=args.name, exist_ok=args.exist_ok, progress=False)
     except RetinadetError as exc:

@@ -1,8 +1,8 @@
 """RetinaNet model: backbones, FPN, anchors, heads, losses and the detector module."""
 
 from retinadet.model.config import ModelConfig
-from retinadet.model.retinanet import RetinaNet
 from retinadet.model.presets import DEFAULT_PRESET, get_preset, list_presets, resolve_model_config
+from retinadet.model.retinanet import RetinaNet
 
 __all__ = ["ModelConfig", "RetinaNet", "DEFAULT_PRESET", "get_preset", "list_presets", "resolve_model_config", "build_model"]
 

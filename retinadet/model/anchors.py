@@ -7,7 +7,7 @@ the anchors of one location, ratio-major and scale-minor (a = ratio * n_scales +
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn

@@ -5,14 +5,14 @@ Works on any leading shape ([..., 4]), so a whole batch is coded in one call.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 
 class BoxCoder:
-    def __init__(self, weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0), clamp: Optional[float] = None, scale_mode: str = "divide"):
+    def __init__(self, weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0), clamp: float | None = None, scale_mode: str = "divide"):
         if scale_mode not in ("divide", "multiply_std"):
             raise ValueError(f"box coder scale_mode must be 'divide' or 'multiply_std', got '{scale_mode}'")
         self.weights = tuple(float(w) for w in weights)

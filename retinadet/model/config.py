@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from retinadet.errors import ConfigError
 
@@ -24,7 +24,7 @@ class BackboneConfig:
     trainable_layers: int = 5
     # Optional ImageNet weights: a torchvision weights enum name ("DEFAULT",
     # "IMAGENET1K_V1"), True for timm's pretrained tag, or a local file path.
-    weights: Optional[str] = None
+    weights: str | None = None
     in_channels: int = 3
     # Constructor options for the model builder, e.g. {"channels": [32, 64, 128, 256]} for a
     # slimmer timm ResNet. Pretrained weights only fit when these leave the shapes unchanged.
@@ -37,7 +37,7 @@ class FPNConfig:
     # Which map feeds P6: "p5" (torchvision v1, the paper) or "c5" (v2, the seed).
     p6_input: str = "p5"
     # None | "gn" | "bn"
-    norm: Optional[str] = None
+    norm: str | None = None
 
 
 @dataclass
@@ -45,7 +45,7 @@ class HeadConfig:
     num_convs: int = 4
     channels: int = 256
     # None | "gn"
-    norm: Optional[str] = None
+    norm: str | None = None
     prior_prob: float = 0.01
 
 
@@ -73,7 +73,7 @@ class AnchorConfig:
 class BoxCoderConfig:
     weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0, 1.0])
     # Upper clamp on dw/dh before exp; None disables it (the seed). Default is log(1000/16).
-    clamp: Optional[float] = 4.135166556742356
+    clamp: float | None = 4.135166556742356
     # Decoding divides deltas by the weights (torchvision) or multiplies them by float32
     # 1/weights, the "std" of the seed pipeline; the two round differently in float32.
     scale_mode: str = "divide"
@@ -108,10 +108,10 @@ class LossConfig:
 class InferenceConfig:
     score_thresh: float = 0.05
     # Candidates kept per level before NMS; None keeps all (the seed).
-    topk_per_level: Optional[int] = 1000
+    topk_per_level: int | None = 1000
     nms_iou: float = 0.5
     # Detections kept per image; None keeps all (the seed).
-    max_det: Optional[int] = 100
+    max_det: int | None = 100
     # Clip boxes to each image's resized size ("image", torchvision) or to the padded
     # batch tensor ("padded", the seed).
     clip_to: str = "image"
@@ -122,7 +122,7 @@ class PreprocessConfig:
     # Short side after resize, and cap on the long side. fixed_size letterboxes to a square.
     min_size: int = 800
     max_size: int = 1333
-    fixed_size: Optional[int] = None
+    fixed_size: int | None = None
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
     size_divisible: int = 32
@@ -146,16 +146,16 @@ class ModelConfig:
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     # Name of the preset this config started from, for display only.
-    preset: Optional[str] = None
+    preset: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         return _from_dict(cls, data, "model")
 
-    def replace(self, overrides: dict[str, Any]) -> "ModelConfig":
+    def replace(self, overrides: dict[str, Any]) -> ModelConfig:
         """A copy with dotted-key overrides applied, e.g. ``{"backbone.name": "resnet18"}``."""
         data = self.to_dict()
         if "backbone.name" in overrides and "backbone.kwargs" not in overrides:
@@ -172,7 +172,7 @@ class ModelConfig:
             node[parts[-1]] = value
         return ModelConfig.from_dict(data)
 
-    def validate(self) -> "ModelConfig":
+    def validate(self) -> ModelConfig:
         if self.num_classes < 1:
             raise ConfigError(f"num_classes must be >= 1, got {self.num_classes}")
         if len(self.anchors.sizes) != 5:
@@ -195,6 +195,12 @@ class ModelConfig:
             raise ConfigError(f"matcher.kind must be 'iou' or 'atss', got '{self.matcher.kind}'")
         if self.matcher.topk < 1:
             raise ConfigError(f"matcher.topk must be >= 1, got {self.matcher.topk}")
+        pre = self.preprocess
+        for name in ("min_size", "max_size", "size_divisible"):
+            if getattr(pre, name) < 1:
+                raise ConfigError(f"preprocess.{name} must be >= 1, got {getattr(pre, name)}")
+        if pre.fixed_size is not None and pre.fixed_size < 1:
+            raise ConfigError(f"preprocess.fixed_size must be >= 1 (or null), got {pre.fixed_size}")
         return self
 
 

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from retinadet.model.config import FPNConfig
 
 
-def make_norm(kind: Optional[str], channels: int) -> Optional[nn.Module]:
+def make_norm(kind: str | None, channels: int) -> nn.Module | None:
     if kind is None:
         return None
     if kind == "gn":
@@ -24,7 +22,7 @@ def _largest_divisor(n: int, at_most: int) -> int:
     return max(d for d in range(1, at_most + 1) if n % d == 0)
 
 
-def conv_norm(in_ch: int, out_ch: int, kernel: int, norm: Optional[str]) -> nn.Sequential:
+def conv_norm(in_ch: int, out_ch: int, kernel: int, norm: str | None) -> nn.Sequential:
     """Conv (+ norm), laid out as torchvision's Conv2dNormActivation so weights map 1:1."""
     norm_layer = make_norm(norm, out_ch)
     layers = [nn.Conv2d(in_ch, out_ch, kernel, padding=kernel // 2, bias=norm_layer is None)]

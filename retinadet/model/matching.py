@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -15,7 +15,7 @@ IGNORE = -2
 
 
 def match_anchors(anchors: Tensor, gt_boxes: Tensor, gt_valid: Tensor, gt_crowd: Tensor, cfg: MatcherConfig,
-                  per_level: Optional[Sequence[int]] = None) -> Tensor:
+                  per_level: Sequence[int] | None = None) -> Tensor:
     """Index of the matched box per anchor, or BACKGROUND / IGNORE; shape [B, N].
 
     anchors [N, 4]; gt_boxes [B, M, 4]; gt_valid, gt_crowd [B, M] (padding is not valid);

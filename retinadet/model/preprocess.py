@@ -1,63 +1,68 @@
-"""Inference preprocessing: resize keeping the aspect ratio, normalise, pad into a batch.
+"""Network input: resize by the one rule, pad into a batch. Training, validation, prediction,
+Grad-CAM and export all go through these functions.
 
-Follows torchvision's GeneralizedRCNNTransform (normalise, bilinear resize by one scale
-factor, zero padding bottom-right to a multiple of the stride), so imported torchvision
-weights see exactly the input they were trained on.
+The size rule lives in :mod:`retinadet.utils.resize` (torch-free, shared with the ONNX runner);
+the resampler is antialiased bilinear, on uint8 images as the training loader decodes them, so a
+model sees the same pixels in ``predict`` as in ``val``. Normalisation happens inside the model
+(:meth:`RetinaNet.normalize`), on the padded uint8 or [0, 1] float batch.
 """
 
 from __future__ import annotations
 
-import math
-from typing import Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
+import torchvision.transforms.v2.functional as TF
 from torch import Tensor
 
 from retinadet.model.config import PreprocessConfig
+from retinadet.utils import resize as rule
 
 
-def resize_scale(height: int, width: int, cfg: PreprocessConfig) -> float:
-    if cfg.fixed_size is not None:
-        return cfg.fixed_size / max(height, width)
-    return min(cfg.min_size / min(height, width), cfg.max_size / max(height, width))
-
-
-def resize_normalized(image: Tensor, cfg: PreprocessConfig) -> Tensor:
-    """A normalised float image [3, H, W] resized by ``resize_scale``."""
-    scale = resize_scale(image.shape[-2], image.shape[-1], cfg)
-    return F.interpolate(image[None], scale_factor=scale, mode="bilinear", recompute_scale_factor=True, align_corners=False)[0]
+def resized_size(height: int, width: int, cfg: PreprocessConfig) -> tuple[int, int]:
+    """(h, w) of an image of this size at the network input."""
+    return rule.resized_size(height, width, cfg.min_size, cfg.max_size, cfg.fixed_size)
 
 
 def padded_size(sizes: Sequence[Sequence[int]], cfg: PreprocessConfig) -> tuple[int, int]:
-    if cfg.fixed_size is not None:
-        side = int(math.ceil(cfg.fixed_size / cfg.size_divisible) * cfg.size_divisible)
-        return side, side
-    h = max(s[0] for s in sizes)
-    w = max(s[1] for s in sizes)
-    d = cfg.size_divisible
-    return int(math.ceil(h / d) * d), int(math.ceil(w / d) * d)
+    """(H, W) of the zero-padded canvas of a batch of resized images."""
+    return rule.padded_size(sizes, cfg.size_divisible, cfg.fixed_size)
 
 
-def preprocess_batch(images: Sequence[Tensor], cfg: PreprocessConfig, device: torch.device) -> tuple[Tensor, Tensor]:
-    """uint8 or [0, 1] float images [3, h, w] -> (normalised padded batch, resized sizes [B, 2])."""
-    mean = torch.tensor(cfg.mean, device=device).view(-1, 1, 1)
-    std = torch.tensor(cfg.std, device=device).view(-1, 1, 1)
+def resize_image(image: Tensor, size: Sequence[int]) -> Tensor:
+    """The one resampler: antialiased bilinear, uint8 in, uint8 out (or float in, float out)."""
+    size = [int(size[0]), int(size[1])]
+    if list(image.shape[-2:]) == size:
+        return image
+    return TF.resize(image, size, antialias=True)
+
+
+@dataclass
+class InputBatch:
+    """Resized images zero-padded bottom-right into one canvas, with the sizes to undo it."""
+
+    images: Tensor  # [B, 3, H, W] uint8 (or float in [0, 1] when a float image was given)
+    image_sizes: Tensor  # [B, 2] int64 (h, w) after resizing, before padding
+    orig_sizes: Tensor  # [B, 2] int64 (h, w) of the images as given
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+
+def prepare_batch(images: Sequence[Tensor], cfg: PreprocessConfig, device: torch.device | str = "cpu") -> InputBatch:
+    """uint8 (or [0, 1] float) images [3, h, w] of any sizes -> one padded :class:`InputBatch`."""
+    device = torch.device(device)
+    floating = any(img.is_floating_point() for img in images)
     resized = []
-    for img in images:
-        x = img.to(device)
-        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-        resized.append(resize_normalized((x - mean) / std, cfg))
+    for img in images:  # images differ in size, so each is resized on its own
+        x = resize_image(img.to(device), resized_size(img.shape[-2], img.shape[-1], cfg))
+        resized.append(x.float() / 255.0 if floating and x.dtype == torch.uint8 else x)
     sizes = [tuple(r.shape[-2:]) for r in resized]
     h, w = padded_size(sizes, cfg)
-    batch = torch.zeros(len(resized), resized[0].shape[0], h, w, device=device)
+    batch = torch.zeros(len(resized), 3, h, w, dtype=resized[0].dtype, device=device)
     for i, r in enumerate(resized):
         batch[i, :, : r.shape[-2], : r.shape[-1]] = r
-    return batch, torch.tensor(sizes, dtype=torch.long, device=device)
-
-
-def boxes_to_original(boxes: Tensor, resized_hw: Sequence[int], original_hw: Sequence[int]) -> Tensor:
-    """Maps boxes from resized-image pixels back to the original image (as torchvision)."""
-    ratio_h = torch.tensor(original_hw[0], dtype=torch.float32, device=boxes.device) / torch.tensor(resized_hw[0], dtype=torch.float32, device=boxes.device)
-    ratio_w = torch.tensor(original_hw[1], dtype=torch.float32, device=boxes.device) / torch.tensor(resized_hw[1], dtype=torch.float32, device=boxes.device)
-    return boxes * torch.stack([ratio_w, ratio_h, ratio_w, ratio_h])
+    orig = [tuple(img.shape[-2:]) for img in images]
+    return InputBatch(batch, torch.tensor(sizes, dtype=torch.int64, device=device),
+                      torch.tensor(orig, dtype=torch.int64, device=device))

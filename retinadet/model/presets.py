@@ -10,7 +10,8 @@
 from __future__ import annotations
 
 import difflib
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 from retinadet.errors import ConfigError
 from retinadet.model.config import (
@@ -109,7 +110,7 @@ def list_presets() -> list[str]:
     return list(PRESETS)
 
 
-def get_preset(name: str, overrides: Optional[dict[str, Any]] = None) -> ModelConfig:
+def get_preset(name: str, overrides: dict[str, Any] | None = None) -> ModelConfig:
     """A fresh config for preset ``name``, with dotted-key ``overrides`` applied."""
     if name not in PRESETS:
         close = difflib.get_close_matches(name, list(PRESETS), n=3)
@@ -122,7 +123,7 @@ def get_preset(name: str, overrides: Optional[dict[str, Any]] = None) -> ModelCo
     return cfg.validate()
 
 
-def resolve_model_config(spec: str, overrides: Optional[dict[str, Any]] = None) -> ModelConfig:
+def resolve_model_config(spec: str, overrides: dict[str, Any] | None = None) -> ModelConfig:
     """A preset name, or a backbone name (``convnext_tiny``, ``timm:...``) on the v1 layout."""
     if spec in PRESETS:
         return get_preset(spec, overrides)

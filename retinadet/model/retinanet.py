@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -16,6 +16,8 @@ from retinadet.model.fpn import FPN
 from retinadet.model.heads import RetinaNetHead
 from retinadet.model.losses import detection_losses
 from retinadet.model.matching import match_anchors
+from retinadet.structures import Detections
+from retinadet.utils.sentinels import FROM_CONFIG, FromConfig
 
 
 class RetinaNet(nn.Module):
@@ -40,7 +42,7 @@ class RetinaNet(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(pre.std).view(1, -1, 1, 1), persistent=False)
         self.channels_last = False
 
-    def use_channels_last(self, enabled: bool = True) -> "RetinaNet":
+    def use_channels_last(self, enabled: bool = True) -> RetinaNet:
         """Switch weights and inputs to NHWC, which oneDNN convolutions run faster on CPU."""
         self.to(memory_format=torch.channels_last if enabled else torch.contiguous_format)
         self.channels_last = enabled
@@ -50,7 +52,7 @@ class RetinaNet(nn.Module):
     def num_classes(self) -> int:
         return self.cfg.num_classes
 
-    def normalize(self, images: Tensor, image_sizes: Optional[Tensor] = None) -> Tensor:
+    def normalize(self, images: Tensor, image_sizes: Tensor | None = None) -> Tensor:
         """uint8 [0, 255] or float [0, 1] padded images -> normalised, padding kept at zero."""
         # One copy (already in the layout the convolutions want) and in-place arithmetic: the naive
         # chain of five full-size temporaries cost 25 ms a batch of eight 288 px images on one core.
@@ -76,7 +78,7 @@ class RetinaNet(nn.Module):
         )
         return cls_logits, box_deltas, anchors, per_level
 
-    def forward(self, images: Tensor, targets: Optional[dict[str, Tensor]] = None, image_sizes: Optional[Tensor] = None):
+    def forward(self, images: Tensor, targets: dict[str, Tensor] | None = None, image_sizes: Tensor | None = None):
         cls_logits, box_deltas, anchors, per_level = self.forward_raw(images)
         if targets is not None:
             return self.compute_loss(cls_logits, box_deltas, anchors, targets, per_level)
@@ -85,7 +87,7 @@ class RetinaNet(nn.Module):
         return self.postprocess(cls_logits, box_deltas, anchors, per_level, image_sizes, images.shape[-2:])
 
     def compute_loss(self, cls_logits: Tensor, box_deltas: Tensor, anchors: Tensor, targets: dict[str, Tensor],
-                     per_level: Optional[list[int]] = None) -> dict[str, Tensor]:
+                     per_level: list[int] | None = None) -> dict[str, Tensor]:
         boxes = targets["boxes"].to(anchors.dtype)
         labels = targets["labels"]
         valid = labels >= 0
@@ -107,21 +109,23 @@ class RetinaNet(nn.Module):
         per_level: list[int],
         image_sizes: Tensor,
         padded_size,
-        score_thresh: Optional[float] = None,
-        nms_iou: Optional[float] = None,
-        max_det: Optional[int] = -1,
-    ) -> list[dict[str, Tensor]]:
-        """Detections per image: ``boxes`` [D, 4], ``scores`` [D], ``labels`` [D], best first, and
-        where each came from: ``anchor_index`` [D] (into the flat anchor list) and ``level`` [D]
-        (0 = P3), which Grad-CAM needs to find the logit behind a detection.
+        score_thresh: float | None = None,
+        nms_iou: float | None = None,
+        max_det: int | None | FromConfig = FROM_CONFIG,
+        output_sizes: Tensor | None = None,
+        class_names: Sequence[str] = (),
+    ) -> list[Detections]:
+        """:class:`Detections` per image, best first, each with the anchor and level it came from.
 
         Per level: top-k candidates above the score threshold; then class-aware NMS over the
-        whole batch at once (image and class form the NMS group), and ``max_det`` per image.
+        whole batch at once (image and class form the NMS group), and ``max_det`` per image
+        (None: keep all). Boxes are in input (resized-image) pixels, or, given ``output_sizes``
+        [B, 2], mapped to frames of those sizes (the original images) in one step for the batch.
         """
         inf = self.cfg.inference
         score_thresh = inf.score_thresh if score_thresh is None else score_thresh
         nms_iou = inf.nms_iou if nms_iou is None else nms_iou
-        max_det = inf.max_det if max_det == -1 else max_det
+        max_det = inf.max_det if max_det is FROM_CONFIG else max_det
         b, _, k = cls_logits.shape
         topk = inf.topk_per_level
         parts = []
@@ -152,10 +156,16 @@ class RetinaNet(nn.Module):
             rank = torch.arange(keep.numel(), device=keep.device) - starts[img_idx[keep]]
             keep = keep[rank < max_det]
             counts = counts.clamp(max=max_det)
+        frames = image_sizes if output_sizes is None else output_sizes
+        boxes = boxes[keep]
+        if output_sizes is not None:  # per axis, as torchvision maps boxes back to the original image
+            ratio = output_sizes.to(boxes.dtype) / image_sizes.to(boxes.dtype)  # [B, 2] (h, w)
+            boxes = boxes * ratio[img_idx[keep]][:, [1, 0, 1, 0]]
         splits = counts.tolist()
-        fields = {"boxes": boxes, "scores": scores, "labels": labels, "anchor_index": anchor_index, "level": levels}
-        per_image = {name: t[keep].split(splits) for name, t in fields.items()}
-        return [{name: per_image[name][i] for name in fields} for i in range(b)]
+        fields = [t.split(splits) for t in (boxes, scores[keep], labels[keep], anchor_index[keep], levels[keep])]
+        sizes = frames.tolist()
+        names = list(class_names)
+        return [Detections(*(f[i] for f in fields), image_size=tuple(sizes[i]), class_names=names) for i in range(b)]
 
     def _clip(self, boxes: Tensor, image_sizes: Tensor, padded_size) -> Tensor:
         if self.cfg.inference.clip_to == "padded":

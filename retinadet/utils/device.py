@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Union
 
 import torch
 
 from retinadet.errors import ConfigError
 
 
-def resolve_device(device: Union[str, torch.device, None]) -> torch.device:
+def resolve_device(device: str | torch.device | None) -> torch.device:
     if device is None or str(device) == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -23,7 +22,7 @@ def resolve_device(device: Union[str, torch.device, None]) -> torch.device:
     return dev
 
 
-def autocast_context(device: torch.device, amp: Union[bool, str]):
+def autocast_context(device: torch.device, amp: bool | str):
     """bf16 autocast on CPU (fast on AVX512-BF16/AMX), fp16 or bf16 on CUDA; off when amp is falsy."""
     if not amp:
         return contextlib.nullcontext()

@@ -7,11 +7,12 @@ import io
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 
-def increment_run_dir(project: str | os.PathLike, task: str, name: Optional[str] = None, exist_ok: bool = False) -> Path:
+def increment_run_dir(project: str | os.PathLike, task: str, name: str | None = None, exist_ok: bool = False) -> Path:
     """``project/task/name``; when it exists and not ``exist_ok``: ``name2``, ``name3``, ... (created)."""
     base = Path(project) / task
     name = name or "exp"
@@ -90,7 +91,7 @@ def _plain(obj: Any):
 class RunLog:
     """Prints a line and appends it to the run's log file (rank 0 only writes)."""
 
-    def __init__(self, path: Optional[str | os.PathLike], echo: bool = True):
+    def __init__(self, path: str | os.PathLike | None, echo: bool = True):
         self.path = Path(path) if path else None
         self.echo = echo
         if self.path is not None:

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import glob
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 from retinadet.errors import DataError
 
@@ -20,7 +20,7 @@ def is_image_path(path: str | os.PathLike) -> bool:
     return str(path).lower().endswith(IMAGE_EXTENSIONS)
 
 
-def list_sources(source: str | os.PathLike, video: Optional[Callable[[str], None]] = None) -> list[str]:
+def list_sources(source: str | os.PathLike, video: Callable[[str], None] | None = None) -> list[str]:
     """Image paths, or one video path, from ``source``.
 
     ``video`` checks that a video can be decoded (raising a clear error otherwise); without it,

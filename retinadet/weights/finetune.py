@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from retinadet.errors import CheckpointError
+from retinadet.weights.fit import state_dict_problems
+from retinadet.weights.format import is_checkpoint
+from retinadet.weights.keymaps import drop_unused_buffers
 
 log = logging.getLogger(__name__)
 CLASS_LAYER_PREFIX = "head.cls_logits."
@@ -18,7 +22,7 @@ def load_for_finetune(
     model: nn.Module,
     state: dict[str, Any],
     where: str = "weights",
-    report: Optional[Callable[[str], None]] = None,
+    report: Callable[[str], None] | None = None,
 ) -> list[str]:
     """Loads ``state`` (a state_dict, or our checkpoint dict) into ``model``.
 
@@ -27,9 +31,6 @@ def load_for_finetune(
     must load strictly. Returns the re-initialised keys, and reports them through
     ``report`` (default: the module logger).
     """
-    from retinadet.weights.checkpoint import is_checkpoint, state_dict_problems
-    from retinadet.weights.keymaps import drop_unused_buffers
-
     if is_checkpoint(state):
         state = state["model"]
     if not isinstance(state, dict):

@@ -1,42 +1,39 @@
 """What is this weights file? Identification of every layout retinadet can read.
 
-Kinds: ``retinadet`` (our checkpoint, .pt or safetensors), ``torchvision`` (a torchvision
-RetinaNet state_dict, v1 or v2), ``seed_state_dict`` / ``seed_module`` /
-``seed_dataparallel`` (the seed pipeline), ``backbone`` (an ImageNet classification
-state_dict), ``unknown``.
+Kinds (in :mod:`retinadet.weights.format`): ``retinadet`` (our checkpoint, .pt or
+safetensors), ``torchvision`` (a torchvision RetinaNet state_dict, v1 or v2),
+``seed_state_dict`` / ``seed_module`` / ``seed_dataparallel`` (the seed pipeline),
+``backbone`` (an ImageNet classification state_dict), ``unknown``.
 """
 
 from __future__ import annotations
 
 import os
-import pickle
 import re
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
-import torch
 from torch import Tensor
 
 from retinadet.errors import CheckpointError
+from retinadet.weights.format import (
+    BACKBONE,
+    DESCRIPTIONS,
+    RETINADET,
+    SEED_DATAPARALLEL,
+    SEED_KINDS,
+    SEED_MODULE,
+    SEED_STATE_DICT,
+    TORCHVISION,
+    UNKNOWN,
+    is_checkpoint,
+    require_file,
+)
+from retinadet.weights.keymaps import strip_module
+from retinadet.weights.safetensors_io import is_safetensors, read_safetensors
+from retinadet.weights.torch_io import read_torch_object
+from retinadet.weights.unpickler import SEED_CLASSES, WRAPPER_CLASSES, Inert, is_module, module_state_dict
 
-RETINADET = "retinadet"
-TORCHVISION = "torchvision"
-SEED_STATE_DICT = "seed_state_dict"
-SEED_MODULE = "seed_module"
-SEED_DATAPARALLEL = "seed_dataparallel"
-BACKBONE = "backbone"
-UNKNOWN = "unknown"
-SEED_KINDS = (SEED_STATE_DICT, SEED_MODULE, SEED_DATAPARALLEL)
-
-_DESCRIPTIONS = {
-    RETINADET: "a retinadet checkpoint",
-    TORCHVISION: "a torchvision RetinaNet state_dict",
-    SEED_STATE_DICT: "a seed-pipeline state_dict",
-    SEED_MODULE: "a seed-pipeline pickled model (torch.save(model))",
-    SEED_DATAPARALLEL: "a seed-pipeline pickled DataParallel model (torch.save(DataParallel(model)))",
-    BACKBONE: "an ImageNet classification (backbone) state_dict",
-    UNKNOWN: "an unrecognised weights file",
-}
 _RESNET_DEPTHS = {("basic", (2, 2, 2, 2)): 18, ("basic", (3, 4, 6, 3)): 34, ("bottleneck", (3, 4, 6, 3)): 50,
                   ("bottleneck", (3, 4, 23, 3)): 101, ("bottleneck", (3, 8, 36, 3)): 152}
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network")
@@ -45,23 +42,23 @@ _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "ne
 @dataclass
 class WeightsInfo:
     kind: str
-    path: Optional[str] = None
+    path: str | None = None
     container: str = "torch"  # "torch" (zip/pickle) | "safetensors"
-    variant: Optional[str] = None  # torchvision "v1"/"v2", backbone architecture, ...
-    preset: Optional[str] = None
-    num_classes: Optional[int] = None
-    class_names: Optional[list[str]] = None
-    epoch: Optional[int] = None
+    variant: str | None = None  # torchvision "v1"/"v2", backbone architecture, ...
+    preset: str | None = None
+    num_classes: int | None = None
+    class_names: list[str] | None = None
+    epoch: int | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
-    size_bytes: Optional[int] = None
+    size_bytes: int | None = None
     notes: list[str] = field(default_factory=list)
     # The flat state_dict as read (keys of the source layout), and our checkpoint when kind == retinadet.
-    state: Optional[dict[str, Tensor]] = field(default=None, repr=False)
-    checkpoint: Optional[dict[str, Any]] = field(default=None, repr=False)
+    state: dict[str, Tensor] | None = field(default=None, repr=False)
+    checkpoint: dict[str, Any] | None = field(default=None, repr=False)
 
     @property
     def description(self) -> str:
-        text = _DESCRIPTIONS[self.kind]
+        text = DESCRIPTIONS[self.kind]
         if self.container == "safetensors":
             text += " (safetensors)"
         return text
@@ -81,7 +78,7 @@ class WeightsInfo:
 # --------------------------------------------------------------------------- layouts
 
 
-def resnet_depth(state: dict[str, Tensor], prefix: str = "") -> Optional[int]:
+def resnet_depth(state: dict[str, Tensor], prefix: str = "") -> int | None:
     """18/34/50/101/152 from a torchvision-named ResNet's block counts, or None."""
     counts = []
     for stage in range(1, 5):
@@ -94,16 +91,10 @@ def resnet_depth(state: dict[str, Tensor], prefix: str = "") -> Optional[int]:
     return _RESNET_DEPTHS.get((block, tuple(counts)))
 
 
-def _strip_module(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    if state and all(k.startswith("module.") for k in state):
-        return {k[len("module."):]: v for k, v in state.items()}
-    return state
-
-
 def classify_state(state: dict[str, Tensor], info: WeightsInfo) -> WeightsInfo:
     """Fills ``info`` from a flat state_dict."""
     info.state = state
-    flat = _strip_module(state)
+    flat = strip_module(state)
     if "head.classification_head.cls_logits.weight" in flat:
         info.kind = TORCHVISION
         v2 = "head.classification_head.conv.0.1.weight" in flat or (
@@ -141,11 +132,8 @@ def classify_state(state: dict[str, Tensor], info: WeightsInfo) -> WeightsInfo:
     return info
 
 
-def classify_object(obj: Any, info: Optional[WeightsInfo] = None) -> WeightsInfo:
+def classify_object(obj: Any, info: WeightsInfo | None = None) -> WeightsInfo:
     """Identifies an object read from a torch file (a dict, or an inert pickled module)."""
-    from retinadet.weights.checkpoint import is_checkpoint
-    from retinadet.weights.unpickler import SEED_CLASSES, WRAPPER_CLASSES, Inert, is_module, module_state_dict
-
     info = info or WeightsInfo(kind=UNKNOWN)
     if is_checkpoint(obj):
         info.kind = RETINADET
@@ -186,27 +174,13 @@ def classify_object(obj: Any, info: Optional[WeightsInfo] = None) -> WeightsInfo
 # --------------------------------------------------------------------------- files
 
 
-def is_safetensors(path: str) -> bool:
-    with open(path, "rb") as fh:
-        head = fh.read(9)
-    if len(head) < 9:
-        return False
-    n = int.from_bytes(head[:8], "little")
-    return 1 < n < 100_000_000 and head[8:9] == b"{"
-
-
 def read_weights(path: str | os.PathLike) -> WeightsInfo:
     """Reads and identifies any supported weights file (never runs code from it)."""
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise CheckpointError(f"{path}: no such file")
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{path}: not a file")
+    require_file(path)
     info = WeightsInfo(kind=UNKNOWN, path=path, size_bytes=os.path.getsize(path))
     if is_safetensors(path):
-        from retinadet.weights.safetensors_io import read_safetensors
-
-        return read_safetensors(path, info)
+        return identify_safetensors(path, info)
     with open(path, "rb") as fh:
         head = fh.read(4)
     if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
@@ -216,19 +190,12 @@ def read_weights(path: str | os.PathLike) -> WeightsInfo:
     return classify_object(read_torch_object(path), info)
 
 
-def read_torch_object(path: str) -> Any:
-    """``torch.load(weights_only=True)``; a pickled module falls back to the restricted unpickler."""
-    from retinadet.weights.checkpoint import READ_ERRORS, _unreadable_message
-    from retinadet.weights.unpickler import restricted_load
-
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # Not plain weights (e.g. a whole pickled module): read it without running anything;
-        # a global that is neither a tensor nor a known model class is refused by name.
-        return restricted_load(path)
-    except READ_ERRORS as exc:
-        raise CheckpointError(_unreadable_message(path, exc)) from exc
+def identify_safetensors(path: str, info: WeightsInfo | None = None) -> WeightsInfo:
+    """A :class:`WeightsInfo` for a safetensors file (ours, or a plain state_dict)."""
+    info = info or WeightsInfo(kind=UNKNOWN, path=path)
+    info.container = "safetensors"
+    state, ckpt = read_safetensors(path)
+    return classify_state(state, info) if ckpt is None else classify_object(ckpt, info)
 
 
 def format_info(info: WeightsInfo) -> str:

@@ -1,4 +1,4 @@
-"""state_dict key translations from other RetinaNet layouts to ours."""
+"""state_dict key translations from other RetinaNet layouts to ours (pure functions, no imports from the package)."""
 
 from __future__ import annotations
 
@@ -62,6 +62,13 @@ def from_seed(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], list[str]]:
     """Maps a seed-pipeline state_dict (a ``module.`` DataParallel prefix is removed)."""
     state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
     return _translate(state, _SEED_RULES)
+
+
+def strip_module(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Removes the ``module.`` prefix that DataParallel adds, when every key has it."""
+    if state and all(k.startswith("module.") for k in state):
+        return {k[len("module."):]: v for k, v in state.items()}
+    return state
 
 
 def drop_unused_buffers(state: dict[str, Tensor], target_keys) -> dict[str, Tensor]:

@@ -11,8 +11,13 @@ import os
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 
 from retinadet.errors import CheckpointError
+from retinadet.weights.checkpoint import atomic_write
+from retinadet.weights.format import FORMAT, FORMAT_VERSION, validate_checkpoint
 
 _META_JSON = ("model_config", "class_names", "category_ids", "epoch", "metrics", "versions", "source")
 
@@ -27,10 +32,6 @@ def _jsonable(value: Any) -> Any:
 
 def export_safetensors(ckpt: dict[str, Any], out: str | os.PathLike) -> str:
     """Writes a checkpoint's weights and metadata (training state is left out)."""
-    from safetensors.torch import save_file
-
-    from retinadet.weights.checkpoint import FORMAT, FORMAT_VERSION, validate_checkpoint
-
     out = os.fspath(out)
     validate_checkpoint(ckpt, out)
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in ckpt["model"].items()}
@@ -41,31 +42,30 @@ def export_safetensors(ckpt: dict[str, Any], out: str | os.PathLike) -> str:
                 meta[key] = json.dumps(ckpt[key], default=_jsonable)
             except TypeError as exc:
                 raise CheckpointError(f"{out}: checkpoint field '{key}' cannot be stored as JSON: {exc}") from exc
-    folder = os.path.dirname(os.path.abspath(out))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(out)}.tmp")
-    save_file(tensors, tmp, metadata=meta)
-    os.replace(tmp, out)
-    return out
+    return atomic_write(out, lambda fh: fh.write(safetensors_bytes(tensors, metadata=meta)))
 
 
-def read_safetensors(path: str, info=None):
-    """A :class:`WeightsInfo` for a safetensors file (ours, or a plain state_dict)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+def is_safetensors(path: str) -> bool:
+    """Whether the file starts like safetensors: an 8-byte header length, then a JSON object."""
+    with open(path, "rb") as fh:
+        head = fh.read(9)
+    if len(head) < 9:
+        return False
+    n = int.from_bytes(head[:8], "little")
+    return 1 < n < 100_000_000 and head[8:9] == b"{"
 
-    from retinadet.weights.identify import UNKNOWN, WeightsInfo, classify_object, classify_state
 
-    info = info or WeightsInfo(kind=UNKNOWN, path=path)
-    info.container = "safetensors"
+def read_safetensors(path: str) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    """``(state_dict, our checkpoint dict or None)``: the checkpoint when the header holds our metadata."""
     try:
         state = load_file(path, device="cpu")
-        meta = _metadata(path)
+        with safe_open(path, framework="pt") as fh:
+            meta = dict(fh.metadata() or {})
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: truncated or corrupt safetensors file ({exc})") from exc
-    if meta.get("format") != "retinadet":
-        return classify_state(state, info)
-    ckpt = {"format": "retinadet"}
+    if meta.get("format") != FORMAT:
+        return state, None
+    ckpt: dict[str, Any] = {"format": FORMAT}
     try:
         ckpt["format_version"] = int(meta.get("format_version", "1"))
         for key in _META_JSON:
@@ -74,29 +74,4 @@ def read_safetensors(path: str, info=None):
     except (ValueError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{path}: invalid retinadet metadata in safetensors header ({exc})") from exc
     ckpt["model"] = state
-    return classify_object(ckpt, info)
-
-
-def _metadata(path: str) -> dict[str, str]:
-    from safetensors import safe_open
-
-    with safe_open(path, framework="pt") as fh:
-        return dict(fh.metadata() or {})
-
-
-def load_safetensors_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Our checkpoint dict from a safetensors file written by :func:`export_safetensors`."""
-    from retinadet.weights.checkpoint import validate_checkpoint
-
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{path}: no such file")
-    info = read_safetensors(path)
-    if info.checkpoint is None:
-        raise CheckpointError(
-            f"{path}: {info.description} without retinadet metadata; "
-            f"convert it with `retinadet weights import {path} --from auto -o OUT.pt`"
-        )
-    validate_checkpoint(info.checkpoint, path)
-    return info.checkpoint
-
+    return state, ckpt

@@ -9,14 +9,20 @@ this module picks the preset from the layer shapes and maps the keys.
 from __future__ import annotations
 
 import re
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from torch import Tensor
 
 from retinadet.errors import CheckpointError
 from retinadet.model.config import ModelConfig
 from retinadet.model.presets import get_preset
+from retinadet.model.retinanet import RetinaNet
+from retinadet.weights.checkpoint import make_checkpoint
+from retinadet.weights.fit import load_state_strict
+from retinadet.weights.format import parse_class_names
 from retinadet.weights.identify import resnet_depth
+from retinadet.weights.keymaps import from_seed
 
 _SEED_PRESETS = {18: "seed_resnet18", 34: "seed_resnet18", 50: "seed_resnet50", 101: "seed_resnet101", 152: "seed_resnet101"}
 
@@ -59,33 +65,10 @@ def seed_config(state: dict[str, Tensor], where: str = "seed weights") -> ModelC
     return cfg
 
 
-def parse_class_names(classes: Optional[Sequence[str] | str]) -> Optional[list[str]]:
-    """``"a,b,c"``, a list, or a path to a text file with one name per line."""
-    import os
-
-    if classes is None:
-        return None
-    if isinstance(classes, str):
-        if os.path.isfile(classes):
-            with open(classes, encoding="utf-8") as fh:
-                names = [line.strip() for line in fh if line.strip()]
-        else:
-            names = [c.strip() for c in classes.split(",")]
-    else:
-        names = [str(c).strip() for c in classes]
-    if not names or any(not n for n in names):
-        raise CheckpointError(f"class names must be non-empty, got {classes!r}")
-    return names
-
-
 def import_seed(
-    state: dict[str, Tensor], class_names: Optional[Sequence[str]], where: str = "seed weights", source: Optional[dict] = None
+    state: dict[str, Tensor], class_names: Sequence[str] | None, where: str = "seed weights", source: dict | None = None
 ) -> dict[str, Any]:
     """Our checkpoint from a seed state_dict (``module.`` prefixes allowed)."""
-    from retinadet.model.retinanet import RetinaNet
-    from retinadet.weights.checkpoint import load_state_strict, make_checkpoint
-    from retinadet.weights.keymaps import from_seed
-
     cfg = seed_config(state, where)
     names = parse_class_names(class_names)
     if names is None:

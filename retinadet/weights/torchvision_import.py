@@ -15,11 +15,22 @@ from __future__ import annotations
 import os
 import re
 import urllib.error
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
+import torch
+import torchvision.models.detection as detection
 from torch import Tensor
 
 from retinadet.errors import CheckpointError
+from retinadet.model.presets import get_preset
+from retinadet.model.retinanet import RetinaNet
+from retinadet.weights.checkpoint import make_checkpoint
+from retinadet.weights.fit import load_state_strict
+from retinadet.weights.format import TORCHVISION, UNKNOWN, parse_class_names
+from retinadet.weights.identify import WeightsInfo, classify_state
+from retinadet.weights.keymaps import from_torchvision, strip_module
+from retinadet.weights.torch_io import torch_load_weights
 
 NAMED = {
     "retinanet_resnet50_fpn_coco": ("RetinaNet_ResNet50_FPN_Weights", "retinanet_resnet50_fpn"),
@@ -30,33 +41,25 @@ OFFLINE_ENV = "RETINADET_OFFLINE"
 
 def coco_categories() -> list[str]:
     """torchvision's 91 COCO names (index = category id), from its weights metadata."""
-    from torchvision.models.detection import RetinaNet_ResNet50_FPN_Weights
-
-    return list(RetinaNet_ResNet50_FPN_Weights.COCO_V1.meta["categories"])
+    return list(detection.RetinaNet_ResNet50_FPN_Weights.COCO_V1.meta["categories"])
 
 
 def _weights_enum(name: str):
-    import torchvision.models.detection as det
-
     if name not in NAMED:
         raise CheckpointError(
             f"unknown torchvision weights 'torchvision:{name}'; available: {', '.join('torchvision:' + n for n in NAMED)}"
         )
-    return getattr(det, NAMED[name][0]).COCO_V1
+    return getattr(detection, NAMED[name][0]).COCO_V1
 
 
 def named_weights_path(name: str) -> str:
     """Where torch's cache keeps the file for ``torchvision:<name>``."""
-    import torch
-
     url = _weights_enum(name).url
     return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url))
 
 
 def fetch_named(name: str) -> str:
     """The local path of named torchvision weights, downloading them if missing and online."""
-    import torch
-
     weights = _weights_enum(name)
     path = named_weights_path(name)
     if os.path.isfile(path):
@@ -76,21 +79,13 @@ def fetch_named(name: str) -> str:
 
 def import_torchvision(
     state: dict[str, Tensor],
-    class_names: Optional[Sequence[str]] = None,
+    class_names: Sequence[str] | None = None,
     where: str = "torchvision weights",
-    source: Optional[dict] = None,
+    source: dict | None = None,
 ) -> dict[str, Any]:
     """Our checkpoint from a torchvision RetinaNet state_dict (v1 or v2 detected from the keys)."""
-    from retinadet.model.retinanet import RetinaNet
-    from retinadet.model.presets import get_preset
-    from retinadet.weights.checkpoint import load_state_strict, make_checkpoint
-    from retinadet.weights.identify import TORCHVISION, WeightsInfo, classify_state
-    from retinadet.weights.keymaps import from_torchvision
-    from retinadet.weights.seed import parse_class_names
-
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
-    info = classify_state(state, WeightsInfo(kind="unknown"))
+    state = strip_module(state)
+    info = classify_state(state, WeightsInfo(kind=UNKNOWN))
     if info.kind != TORCHVISION:
         raise CheckpointError(f"{where}: not a torchvision RetinaNet state_dict (no head.classification_head.cls_logits)")
     if info.preset is None:
@@ -119,10 +114,8 @@ def import_torchvision(
     return make_checkpoint(model, names, category_ids=category_ids, source=src)
 
 
-def import_named(name: str, class_names: Optional[Sequence[str]] = None) -> dict[str, Any]:
+def import_named(name: str, class_names: Sequence[str] | None = None) -> dict[str, Any]:
     """Our checkpoint for ``torchvision:<name>`` (from torch's cache; downloaded when missing)."""
-    from retinadet.weights.checkpoint import torch_load_weights
-
     path = fetch_named(name)
     state = torch_load_weights(path)
     if not isinstance(state, dict):

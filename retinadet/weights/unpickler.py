@@ -16,18 +16,25 @@ recovered by walking the stand-ins' ``_parameters``, ``_buffers`` and ``_modules
 
 from __future__ import annotations
 
+import _codecs
 import io
 import os
 import pickle
 import pickletools
 import zipfile
 from collections import OrderedDict
-from typing import Any, Optional
+from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from retinadet.errors import CheckpointError
+
+try:
+    from numpy._core import multiarray
+except ImportError:  # numpy < 2
+    from numpy.core import multiarray
 
 # Classes of the seed pipeline (``retinanet`` package) that may appear in its pickled models.
 SEED_CLASSES = frozenset(
@@ -128,12 +135,6 @@ def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, *state):
 
 
 def _numpy_globals() -> dict[str, Any]:
-    import numpy as np
-
-    try:
-        from numpy._core import multiarray
-    except ImportError:  # numpy < 2
-        from numpy.core import multiarray
     out = {"numpy.ndarray": np.ndarray, "numpy.dtype": np.dtype}
     for prefix in ("numpy.core.multiarray", "numpy._core.multiarray"):
         out[f"{prefix}._reconstruct"] = multiarray._reconstruct
@@ -142,8 +143,6 @@ def _numpy_globals() -> dict[str, Any]:
 
 
 def _safe_globals() -> dict[str, Any]:
-    import _codecs
-
     safe = {
         "builtins.set": set,
         "builtins.frozenset": frozenset,
@@ -169,7 +168,7 @@ def is_standin_name(full_name: str) -> bool:
 class RestrictedUnpickler(pickle.Unpickler):
     """Unpickles ``data.pkl`` of a torch zip file; storages come from ``records``."""
 
-    def __init__(self, file, path: str, records: Optional["_ZipRecords"] = None):
+    def __init__(self, file, path: str, records: _ZipRecords | None = None):
         super().__init__(file)
         self.path = path
         self.records = records
@@ -258,7 +257,9 @@ def restricted_load(path: str) -> Any:
             prefix = pkl_name[: -len("data.pkl")]
             order = zf.read(f"{prefix}byteorder") if f"{prefix}byteorder" in zf.namelist() else b"little"
             if order.strip() != b"little":
-                raise CheckpointError(f"{path}: saved with byte order '{order.decode(errors='replace')}'; only little-endian files are supported")
+                raise CheckpointError(
+                    f"{path}: saved with byte order '{order.decode(errors='replace')}'; only little-endian files are supported"
+                )
             try:
                 data = zf.read(pkl_name)
             except (zipfile.BadZipFile, EOFError, OSError) as exc:
@@ -325,9 +326,9 @@ def is_module(obj: Any) -> bool:
     return isinstance(obj, Inert) and isinstance(obj.__dict__.get("_modules"), dict)
 
 
-def module_state_dict(module: Inert, prefix: str = "") -> "OrderedDict[str, Tensor]":
+def module_state_dict(module: Inert, prefix: str = "") -> OrderedDict[str, Tensor]:
     """A stand-in module's state_dict: persistent parameters and buffers, recursively."""
-    out: "OrderedDict[str, Tensor]" = OrderedDict()
+    out: OrderedDict[str, Tensor] = OrderedDict()
     _walk(module, prefix, out, set())
     return out
 

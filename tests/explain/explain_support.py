@@ -85,7 +85,7 @@ def ap50(dets: list[dict], gt_boxes: np.ndarray) -> float:
 
     rows = []
     for i, d in enumerate(dets):
-        for b, s in zip(d["boxes"], d["scores"].tolist()):
+        for b, s in zip(d.boxes, d.scores.tolist()):
             rows.append((s, i, b))
     rows.sort(key=lambda r: -r[0])
     matched = np.zeros(len(gt_boxes), bool)
@@ -143,3 +143,11 @@ def shapes_model():
         torch.set_num_threads(threads)
     return {"model": model, "val_images": val_imgs, "val_boxes": val_boxes, "ap50": ap50(dets, val_boxes),
             "train_s": train_s}
+
+
+def network_input(model, image: np.ndarray):
+    """One HxWx3 uint8 image -> (the normalised, padded network input [1, 3, H, W], resized sizes [1, 2])."""
+    from retinadet.model.preprocess import prepare_batch
+
+    batch = prepare_batch([torch.from_numpy(image).permute(2, 0, 1)], model.cfg.preprocess)
+    return model.normalize(batch.images, batch.image_sizes), batch.image_sizes

@@ -1,4 +1,4 @@
-"""Grad-CAM against a direct computation; the anchor-tracking selection against postprocess."""
+"""Grad-CAM against a direct computation; the anchor and level postprocess reports for each detection."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from explain_support import slim_model
+from explain_support import network_input, slim_model
 from retinadet.detector import Detector
 from retinadet.errors import ConfigError
 from retinadet.explain import (
@@ -17,10 +17,9 @@ from retinadet.explain import (
     forward_with_maps,
     gradcam_plus_plus,
     norm_stats_mode,
-    select_detections,
     to_original,
 )
-from retinadet.model.preprocess import preprocess_batch
+from retinadet.model.preprocess import prepare_batch
 
 
 @pytest.fixture(scope="module")
@@ -33,30 +32,34 @@ def small():
     return model, image
 
 
-def test_selection_matches_postprocess(small):
+def test_postprocess_reports_the_anchor_and_level_of_each_detection(small):
     model, _ = small
     rng = np.random.default_rng(0)
     imgs = [torch.from_numpy(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).permute(2, 0, 1) for h, w in [(70, 110), (96, 64)]]
-    batch, sizes = preprocess_batch(imgs, model.cfg.preprocess, torch.device("cpu"))
+    batch = prepare_batch(imgs, model.cfg.preprocess)
+    x = model.normalize(batch.images, batch.image_sizes)
     with torch.no_grad():
-        raw = model.forward_raw(batch)
+        raw = model.forward_raw(x)
     for thresh, max_det in [(0.005, 100), (0.0101, 7), (0.5, 100)]:
-        ref = model.postprocess(*raw, sizes, batch.shape[-2:], score_thresh=thresh, max_det=max_det)
-        ours = select_detections(model, *raw, sizes, batch.shape[-2:], score_thresh=thresh, max_det=max_det)
-        for r, o in zip(ref, ours):
-            assert torch.equal(r["boxes"], o.boxes) and torch.equal(r["scores"], o.scores) and torch.equal(r["labels"], o.labels)
+        dets = model.postprocess(*raw, batch.image_sizes, x.shape[-2:], score_thresh=thresh, max_det=max_det)
+        original = model.postprocess(*raw, batch.image_sizes, x.shape[-2:], score_thresh=thresh, max_det=max_det,
+                                     output_sizes=batch.orig_sizes)
+        for img, (d, o) in enumerate(zip(dets, original)):
+            assert len(d) <= max_det and tuple(d.image_size) == tuple(batch.image_sizes[img].tolist())
             # the recorded anchor and class reproduce the score, and the level matches the anchor
-            img = 0 if r is ref[0] else 1
-            got = torch.sigmoid(raw[0][img, o.anchor_index, o.labels])
-            assert torch.allclose(got, o.scores, rtol=1e-6, atol=0)
+            got = torch.sigmoid(raw[0][img, d.anchor_index, d.labels])
+            assert torch.allclose(got, d.scores, rtol=1e-6, atol=0)
             starts = torch.tensor([0, *np.cumsum(raw[3]).tolist()])
-            assert torch.equal(torch.bucketize(o.anchor_index, starts[1:], right=True), o.level)
+            assert torch.equal(torch.bucketize(d.anchor_index, starts[1:], right=True), d.level)
+            # the same detections mapped to the original image, per axis
+            assert torch.equal(o.anchor_index, d.anchor_index) and tuple(o.image_size) == tuple(imgs[img].shape[-2:])
+            torch.testing.assert_close(o.boxes, d.rescaled(o.image_size).boxes)
 
 
 def _direct(model, image, anchor, label, level, layer_map, target="cls"):
     """Grad-CAM from scratch: own forward through the modules, autograd.grad, weighting,
     ReLU, upsampling by the map's stride, crop of padding, resize to the image."""
-    x, sizes = preprocess_batch([torch.from_numpy(image).permute(2, 0, 1)], model.cfg.preprocess, torch.device("cpu"))
+    x, sizes = network_input(model, image)
     with torch.enable_grad():
         x = x.requires_grad_(True)
         c = model.backbone(x)
@@ -78,7 +81,7 @@ def _direct(model, image, anchor, label, level, layer_map, target="cls"):
 @pytest.mark.parametrize("layer,target", [("fpn", "cls"), ("c4", "cls"), ("fpn", "box"), ("c3", "box")])
 def test_gradcam_equals_direct_computation(small, layer, target):
     model, image = small
-    x, sizes = preprocess_batch([torch.from_numpy(image).permute(2, 0, 1)], model.cfg.preprocess, torch.device("cpu"))
+    x, sizes = network_input(model, image)
     record = forward_with_maps(model, x, "exact")
     # the strongest anchor of every pyramid level, so each level's stride and crop is exercised
     starts = np.concatenate([[0], np.cumsum(record.per_level)])
@@ -99,13 +102,14 @@ def test_gradcam_equals_direct_computation(small, layer, target):
     # and through Detector.explain: the best detection's map is the direct map of its anchor
     exp = Detector(model, ["shape"], "cpu").explain(image, method="gradcam", layer=layer, target=target, conf=0.005,
                                                     topk=1, norm_stats="exact")
-    ref = _direct(model, image, int(exp.anchor_index[0]), int(exp.detections.labels[0]), int(exp.level[0]), layer, target)
+    d = exp.detections
+    ref = _direct(model, image, int(d.anchor_index[0]), int(d.labels[0]), int(d.level[0]), layer, target)
     assert float((exp.heatmaps[0] - ref).abs().max()) <= 1e-5 * max(float(ref.abs().max()), 1e-30)
 
 
 def test_detached_norm_stats_keep_forward_values_and_only_change_gradients(small):
     model, image = small
-    x, _ = preprocess_batch([torch.from_numpy(image).permute(2, 0, 1)], model.cfg.preprocess, torch.device("cpu"))
+    x, _ = network_input(model, image)
     exact = forward_with_maps(model, x, "exact")
     detached = forward_with_maps(model, x, "detach")
     assert torch.equal(exact.cls_logits, detached.cls_logits) and torch.equal(exact.box_deltas, detached.box_deltas)
@@ -183,5 +187,4 @@ def test_choosing_targets_and_errors(small):
     with pytest.raises(ConfigError, match="unknown CAM method"):
         det.explain(image, method="scorecam")
     with pytest.raises(ConfigError, match="unknown CAM layer"):
-        compute_cams(forward_with_maps(model, preprocess_batch([torch.from_numpy(image).permute(2, 0, 1)], model.cfg.preprocess,
-                                                               torch.device("cpu"))[0]), 0, [0], [0], [0], layer="p9")
+        compute_cams(forward_with_maps(model, network_input(model, image)[0]), 0, [0], [0], [0], layer="p9")

@@ -13,11 +13,11 @@ import copy
 import numpy as np
 import torch
 
+from explain_support import network_input
 from retinadet.detector import Detector
-from retinadet.explain import NoDetectionsError, compute_cams, forward_with_maps, select_detections
+from retinadet.explain import NoDetectionsError, compute_cams, forward_with_maps
 from retinadet.model.fpn import FPN
 from retinadet.model.heads import RetinaNetHead
-from retinadet.model.preprocess import preprocess_batch
 
 
 def _rank(a: np.ndarray) -> np.ndarray:
@@ -81,8 +81,7 @@ def _maps(model, images, picks):
     """Grad-CAM (layer fpn, class target) of the given (anchor, label, level) per image."""
     out = []
     for img, (a, k, lvl) in zip(images, picks):
-        batch, _ = preprocess_batch([torch.from_numpy(img).permute(2, 0, 1)], model.cfg.preprocess, torch.device("cpu"))
-        rec = forward_with_maps(model, batch, "detach")
+        rec = forward_with_maps(model, network_input(model, img)[0], "detach")
         out.append(compute_cams(rec, 0, [a], [k], [lvl], method="gradcam", layer="fpn").heatmaps[0].numpy())
     return out
 
@@ -92,10 +91,10 @@ def test_randomising_heads_then_fpn_changes_the_maps(shapes_model):
     model = shapes_model["model"].eval()
     images, picks = [], []
     for img in shapes_model["val_images"][:20]:
-        batch, sizes = preprocess_batch([torch.from_numpy(img).permute(2, 0, 1)], model.cfg.preprocess, torch.device("cpu"))
+        x, sizes = network_input(model, img)
         with torch.no_grad():
-            raw = model.forward_raw(batch)
-        sel = select_detections(model, *raw, sizes, batch.shape[-2:], score_thresh=0.5)[0]
+            raw = model.forward_raw(x)
+        sel = model.postprocess(*raw, sizes, x.shape[-2:], score_thresh=0.5)[0]
         if len(sel):
             images.append(img)
             picks.append((int(sel.anchor_index[0]), int(sel.labels[0]), int(sel.level[0])))

@@ -50,7 +50,7 @@ def test_onnx_predict_without_torch_matches_torch_path(models, exported, bccd_pa
     import torch
 
     from retinadet.detector import Detector
-    from retinadet.engine.predict import predict
+    from retinadet.detector import predict
 
     source = tmp_path / "images"
     source.mkdir()

@@ -58,9 +58,9 @@ def test_detections_match_torchvision(preset):
         got = ours(image_list.tensors, image_sizes=sizes)
     for e, g in zip(expected, got):
         assert len(e["boxes"]) > 10, "the test needs detections to compare"
-        assert torch.equal(e["labels"], g["labels"])
-        torch.testing.assert_close(g["boxes"], e["boxes"], atol=1e-3, rtol=0)
-        torch.testing.assert_close(g["scores"], e["scores"], atol=1e-5, rtol=0)
+        assert torch.equal(e["labels"], g.labels)
+        torch.testing.assert_close(g.boxes, e["boxes"], atol=1e-3, rtol=0)
+        torch.testing.assert_close(g.scores, e["scores"], atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("preset", list(BUILDERS))

@@ -47,6 +47,7 @@ def test_checkpoint_save_is_atomic_and_loads_back(tmp_path, seed_ckpt):
 
 def test_safetensors_round_trip_gives_identical_outputs(tmp_path, seed_ckpt, probe):
     out = export_safetensors({**seed_ckpt, "metrics": {"mAP": torch.tensor(0.25)}}, tmp_path / "m.safetensors")
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"], "written atomically, no temp file left behind"
     info = read_weights(out)
     assert info.kind == "retinadet" and info.container == "safetensors" and info.metrics == {"mAP": 0.25}
     back = load_safetensors_checkpoint(out)

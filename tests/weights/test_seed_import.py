@@ -88,11 +88,11 @@ def test_detections_follow_seed_inference_rules(outputs):
     exp_scores = torch.from_numpy(expected["det_scores"])
     exp_labels = torch.from_numpy(expected["det_labels"])
     exp_boxes = torch.from_numpy(expected["det_boxes"])
-    assert abs(len(det["scores"]) - len(exp_scores)) <= 0.005 * len(exp_scores), (len(det["scores"]), len(exp_scores))
+    assert abs(len(det.scores) - len(exp_scores)) <= 0.005 * len(exp_scores), (len(det.scores), len(exp_scores))
     matched = 0
     for label in range(3):
-        ours_s, order = det["scores"][det["labels"] == label].sort(descending=True)
-        ours_b = det["boxes"][det["labels"] == label][order]
+        ours_s, order = det.scores[det.labels == label].sort(descending=True)
+        ours_b = det.boxes[det.labels == label][order]
         ref_s, order = exp_scores[exp_labels == label].sort(descending=True)
         ref_b = exp_boxes[exp_labels == label][order]
         head = min(200, len(ref_s))

@@ -5,10 +5,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from click.testing import CliRunner
 
+from retinadet.cli import main
 from retinadet.errors import CheckpointError
 from retinadet.model import build_model
-from retinadet.weights import load_for_finetune, read_weights, resolve_weights
+from retinadet.weights import load_checkpoint, load_for_finetune, read_weights, resolve_weights
 from retinadet.weights.torchvision_import import named_weights_path
 
 BCCD_IMAGE = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "bccd" / "JPEGImages" / "BloodImage_00000.jpg"
@@ -26,30 +28,46 @@ def test_imported_checkpoint_keeps_coco_label_space_and_torchvision_preprocessin
 
 
 @pytest.fixture(scope="module")
-def bccd_image():
+def bccd_at_input_size(tmp_path_factory):
+    """A BCCD image resized to the imported model's input size (800 x 1066) by retinadet's resampler, as a PNG.
+
+    torchvision resizes in float without antialiasing; retinadet resizes as its training loader does
+    (antialiased, on uint8). At the input size neither resizes, so both pipelines see the same pixels
+    and everything after the resampler (normalisation, padding, network, decoding, the way back to the
+    image's pixels) must agree."""
     if not BCCD_IMAGE.is_file():
         pytest.skip(f"BCCD image not found at {BCCD_IMAGE}")
-    from torchvision.io import read_image
+    from PIL import Image
 
-    return read_image(str(BCCD_IMAGE)).float() / 255.0
+    from retinadet.data.images import read_image
+    from retinadet.model.config import PreprocessConfig
+    from retinadet.model.preprocess import resize_image, resized_size
+
+    image = read_image(BCCD_IMAGE)
+    size = resized_size(*image.shape[-2:], PreprocessConfig(min_size=800, max_size=1333))
+    assert size == (800, 1066)
+    resized = resize_image(image, size)
+    path = tmp_path_factory.mktemp("bccd") / "bccd_800.png"
+    Image.fromarray(resized.permute(1, 2, 0).numpy()).save(path)
+    return path, resized.float() / 255.0
 
 
 @pytest.fixture(scope="module")
-def torchvision_detections(tv_file, bccd_image):
+def torchvision_detections(tv_file, bccd_at_input_size):
     tv, _ = tv_file
     with torch.no_grad():
-        out = tv([bccd_image])[0]
+        out = tv([bccd_at_input_size[1]])[0]
     assert len(out["boxes"]) > 10, "the test needs detections to compare"
     return out
 
 
-def test_retinadet_load_predict_matches_torchvision(tv_file, tv_ckpt, tmp_path, torchvision_detections):
-    """torchvision end to end (its own 800/1333 resize) vs retinadet.load(imported).predict(path)."""
+def test_retinadet_load_predict_matches_torchvision(tv_file, tv_ckpt, tmp_path, torchvision_detections, bccd_at_input_size):
+    """torchvision end to end vs retinadet.load(imported).predict(path), on an image at the input size."""
     import retinadet
     from retinadet.weights import save_checkpoint
 
     path = save_checkpoint(tmp_path / "coco.pt", tv_ckpt)
-    det = retinadet.load(path).predict(str(BCCD_IMAGE))
+    det = retinadet.load(path).predict(str(bccd_at_input_size[0]))
     expected = torchvision_detections
     assert len(det) == len(expected["scores"])
     assert torch.equal(det.labels, expected["labels"])
@@ -75,6 +93,13 @@ def test_named_weights_come_from_torch_cache_without_network(tv_file, tmp_path, 
     assert torch.equal(ckpt["model"]["head.cls_logits.bias"], tv_file[0].head.classification_head.cls_logits.bias)
     with pytest.raises(CheckpointError, match="unknown torchvision weights"):
         resolve_weights("torchvision:nope")
+    runner = CliRunner()
+    out = tmp_path / "named.pt"
+    result = runner.invoke(main, ["weights", "import", "torchvision:retinanet_resnet50_fpn_coco", "-o", str(out)])
+    assert result.exit_code == 0 and "preset retinanet_resnet50_fpn, 91 classes" in result.output, result.output
+    assert torch.equal(load_checkpoint(out)["model"]["head.cls_logits.bias"], ckpt["model"]["head.cls_logits.bias"])
+    result = runner.invoke(main, ["weights", "import", "torchvision:retinanet_resnet50_fpn_coco", "--from", "seed", "-o", str(out)])
+    assert result.exit_code == 2 and "named weights are torchvision's; use --from torchvision or auto" in result.output
 
 
 def test_v2_is_detected(tmp_path):

@@ -13,11 +13,12 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
+from retinadet.data.images import image_size
 from retinadet.data.records import DatasetRecords, ImageRecord, Problem, check_unique_ids, sanitize_boxes
 from retinadet.errors import DataError
 
@@ -83,9 +84,9 @@ def _find_image(root: Path, file_name: str) -> Path:
 
 def read_coco(
     path: str | os.PathLike,
-    image_root: Optional[str | os.PathLike] = None,
-    categories: Optional[tuple[list[int], list[str]]] = None,
-    split: Optional[str] = None,
+    image_root: str | os.PathLike | None = None,
+    categories: tuple[list[int], list[str]] | None = None,
+    split: str | None = None,
 ) -> DatasetRecords:
     """Read one COCO JSON file. ``categories`` (ids, names) forces a class list shared by splits."""
     path = Path(path)
@@ -119,7 +120,6 @@ def read_coco(
         file = _find_image(root, str(img["file_name"]))
         width, height = int(img.get("width") or 0), int(img.get("height") or 0)
         if width <= 0 or height <= 0:
-            from retinadet.data.images import image_size
 
             try:
                 width, height = image_size(file)
@@ -170,8 +170,8 @@ def read_coco(
 def to_coco_dict(
     records: Sequence[ImageRecord],
     class_names: Sequence[str],
-    category_ids: Optional[Sequence[int]] = None,
-    image_root: Optional[str | os.PathLike] = None,
+    category_ids: Sequence[int] | None = None,
+    image_root: str | os.PathLike | None = None,
     include_crowd: bool = True,
 ) -> dict:
     """Records -> a COCO dict that ``pycocotools.coco.COCO`` accepts (via ``COCO.dataset``).
@@ -208,7 +208,7 @@ def to_coco_dict(
     return {"info": {"description": "exported by retinadet"}, "images": images, "annotations": annotations, "categories": categories}
 
 
-def coco_api(records: Sequence[ImageRecord], class_names: Sequence[str], category_ids: Optional[Sequence[int]] = None):
+def coco_api(records: Sequence[ImageRecord], class_names: Sequence[str], category_ids: Sequence[int] | None = None):
     """A ready ``pycocotools.coco.COCO`` ground-truth object (quietly built in memory)."""
     import contextlib
     import io
@@ -222,7 +222,7 @@ def coco_api(records: Sequence[ImageRecord], class_names: Sequence[str], categor
     return coco
 
 
-def write_coco(ds: DatasetRecords, json_path: str | os.PathLike, image_root: Optional[str | os.PathLike] = None) -> Path:
+def write_coco(ds: DatasetRecords, json_path: str | os.PathLike, image_root: str | os.PathLike | None = None) -> Path:
     json_path = Path(json_path)
     json_path.parent.mkdir(parents=True, exist_ok=True)
     data = to_coco_dict(ds.records, ds.class_names, ds.category_ids, image_root=image_root)

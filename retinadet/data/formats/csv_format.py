@@ -10,17 +10,17 @@ import csv
 import math
 import os
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
+from retinadet.data.images import image_size
 from retinadet.data.records import DatasetRecords, ImageRecord, Problem, check_unique_ids, sanitize_boxes
 from retinadet.errors import DataError
 
 CLASS_FILE_NAMES = ("classes.csv", "class_names.csv", "class_map.csv", "classes.txt")
 
 
-def find_class_file(csv_path: Path) -> Optional[Path]:
+def find_class_file(csv_path: Path) -> Path | None:
     for name in CLASS_FILE_NAMES:
         p = csv_path.parent / name
         if p.is_file() and p != csv_path:
@@ -51,7 +51,7 @@ def read_class_file(path: Path) -> tuple[list[str], list[int]]:
     return [n for _, n in pairs], [i for i, _ in pairs]
 
 
-def read_csv(path: str | os.PathLike, class_file: Optional[str | os.PathLike] = None, split: Optional[str] = None) -> DatasetRecords:
+def read_csv(path: str | os.PathLike, class_file: str | os.PathLike | None = None, split: str | None = None) -> DatasetRecords:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: CSV annotation file not found")
@@ -86,7 +86,6 @@ def read_csv(path: str | os.PathLike, class_file: Optional[str | os.PathLike] = 
                 continue
             entries.append((coords, label_of[name], f"line {lineno}"))
 
-    from retinadet.data.images import image_size
 
     records = []
     for index, (file, entries) in enumerate(per_image.items()):

@@ -11,11 +11,12 @@ from __future__ import annotations
 import math
 import os
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 
+from retinadet.data.images import image_size
 from retinadet.data.records import DatasetRecords, ImageRecord, Problem, check_unique_ids, default_category_ids, sanitize_boxes
 from retinadet.errors import DataError
 
@@ -32,7 +33,7 @@ def list_voc_splits(root: Path) -> list[str]:
     return sorted(p.stem for p in main.glob("*.txt") if "_" not in p.stem)
 
 
-def _text(node: Optional[ET.Element], default: str = "") -> str:
+def _text(node: ET.Element | None, default: str = "") -> str:
     return node.text.strip() if node is not None and node.text is not None else default
 
 
@@ -71,8 +72,8 @@ def _parse_xml(xml_path: Path, problems: list[Problem]):
 
 def read_voc(
     root: str | os.PathLike,
-    split: Optional[str] = None,
-    class_names: Optional[Sequence[str]] = None,
+    split: str | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> DatasetRecords:
     """Read a VOC folder; ``split`` picks ``ImageSets/Main/<split>.txt`` (None: every XML)."""
     root = Path(root)
@@ -120,7 +121,6 @@ def read_voc(
             alt = root / "JPEGImages" / (xml_path.stem + Path(filename).suffix)
             image_path = alt if alt.exists() else image_path
         if width <= 0 or height <= 0:
-            from retinadet.data.images import image_size
 
             try:
                 width, height = image_size(image_path)

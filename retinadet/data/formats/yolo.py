@@ -9,8 +9,8 @@ A polygon line (``class x1 y1 x2 y2 ...``) becomes its bounding box.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 
@@ -58,7 +58,7 @@ def list_images(source: Path) -> list[Path]:
     raise DataError(f"{source}: YOLO image source not found (expected a folder of images or a .txt list)")
 
 
-def read_yolo(source: str | os.PathLike, class_names: Sequence[str], split: Optional[str] = None) -> DatasetRecords:
+def read_yolo(source: str | os.PathLike, class_names: Sequence[str], split: str | None = None) -> DatasetRecords:
     source = Path(source)
     class_names = list(class_names)
     problems: list[Problem] = []
