@@ -645,7 +645,7 @@ code('''
         fig, axes = plt.subplots(1, len(exp) + 1, figsize=(3 * (len(exp) + 1), 3.2))
         imshow(axes[0], draw_boxes(read_image(target.path), torch.from_numpy(target.boxes), torch.from_numpy(target.labels),
                                    test.class_names), "labels")
-        for ax, tile, text, level in zip(axes[1:], exp.overlays, exp.labels_text(), exp.level.tolist()):
+        for ax, tile, text, level in zip(axes[1:], exp.overlays, exp.labels_text(), exp.detections.level.tolist()):
             ax.imshow(tile)
             ax.set_axis_off()
             ax.set_title(f"{text} (P{level + 3})", fontsize=9)

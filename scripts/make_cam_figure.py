@@ -53,12 +53,7 @@ def main(argv=None) -> int:
 
     image = Path(args.image) if args.image else default_image()
     try:
-        detector = retinadet.load(args.weights)
-        if args.device:
-            from retinadet.utils.device import resolve_device
-
-            detector.device = resolve_device(args.device)
-            detector.model.to(detector.device)
+        detector = retinadet.load(args.weights, device=args.device)
         exp = detector.explain(str(image), method=args.method, layer=args.layer, topk=args.topk, conf=args.conf)
     except RetinadetError as exc:
         print(f"Error: {exc}", file=sys.stderr)
@@ -70,7 +65,7 @@ def main(argv=None) -> int:
     panels = [(base, f"{image.name}: {len(exp.all_detections)} detections (conf {args.conf:g})")]
     for i, ov in enumerate(exp.overlays):
         d = exp.detections
-        panels.append((ov, f"#{int(exp.detection_index[i])} {d.names[i]} {float(d.scores[i]):.2f} (P{int(exp.level[i]) + 3})"))
+        panels.append((ov, f"#{int(exp.detection_index[i])} {d.names[i]} {float(d.scores[i]):.2f} (P{int(d.level[i]) + 3})"))
     cols = min(3, len(panels))
     rows = (len(panels) + cols - 1) // cols
     h, w = base.shape[:2]

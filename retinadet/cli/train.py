@@ -5,6 +5,9 @@ from __future__ import annotations
 import sys
 
 import click
+import yaml
+
+from retinadet.engine.train import train
 
 AMP_VALUES = {"off": False, "on": True, "bf16": "bf16", "fp16": "fp16"}
 
@@ -30,7 +33,9 @@ AMP_VALUES = {"off": False, "on": True, "bf16": "bf16", "fp16": "fp16"}
               help="Override a model config field, e.g. --set anchors.sizes=[16,32,64,128,256] (see `retinadet model show`).")
 @click.option("--channels-last/--no-channels-last", default=None,
               help="NHWC memory format (default: on for CPU, where it trains faster).")
-@click.option("--freeze", type=int, default=None, help="Backbone trainable layers (0..5; 5 = none frozen).")
+@click.option("--trainable-layers", type=int, default=None,
+              help="Backbone stages trained, 0..5 (5: none frozen, 0: all frozen). [default: the preset's]")
+@click.option("--freeze", type=int, default=None, help="Deprecated: use --trainable-layers.")
 @click.option("--augment", type=click.Choice(["none", "default", "strong"]), default=None, help="[default: default]")
 @click.option("--progressive", type=float, default=None,
               help="Fraction of the epochs (the first ones) trained on smaller inputs; 0 = off. [default: 0.5]")
@@ -52,13 +57,9 @@ AMP_VALUES = {"off": False, "on": True, "bf16": "bf16", "fp16": "fp16"}
 @click.option("--no-plots", "plots", flag_value=False, default=None, help="Skip PNG plots.")
 def command(**flags) -> None:
     """Train a RetinaNet detector; writes PROJECT/train/NAME with weights, results.csv and plots."""
-    from retinadet.engine.train import train
-
     config = flags.pop("config")
     model_set = flags.pop("model_set")
     if model_set:
-        import yaml
-
         overrides = {}
         for item in model_set:
             key, sep, value = item.partition("=")

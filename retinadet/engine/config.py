@@ -4,37 +4,41 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 import yaml
 
 from retinadet.errors import ConfigError
 
+FREEZE_DEPRECATED = ("warning: --freeze is deprecated, use --trainable-layers (trainable_layers in Python and YAML); "
+                     "it takes the same values")
+
 
 @dataclass
 class TrainConfig:
     data: str = "shapes"
-    model: Optional[str] = None  # preset or backbone; default "fast" (or the --weights model)
-    imgsz: Optional[int] = None
+    model: str | None = None  # preset or backbone; default "fast" (or the --weights model)
+    imgsz: int | None = None
     # The defaults are the measured CPU recipe of `retinadet train` (fast preset, shapes data).
     epochs: int = 14
     batch: int = 8
-    val_batch: Optional[int] = None
+    val_batch: int | None = None
     optimizer: str = "adamw"
-    lr: Optional[float] = None  # default: 0.003 (adamw) or 0.01 (sgd)
+    lr: float | None = None  # default: 0.003 (adamw) or 0.01 (sgd)
     momentum: float = 0.9
-    weight_decay: Optional[float] = None  # default: 0.05 (adamw) or 1e-4 (sgd)
+    weight_decay: float | None = None  # default: 0.05 (adamw) or 1e-4 (sgd)
     schedule: str = "cosine"  # cosine | step | constant
     lr_final: float = 0.05  # cosine end, as a fraction of lr
     warmup_epochs: float = 1.0
-    clip_grad: Optional[float] = 10.0
+    clip_grad: float | None = 10.0
     amp: Any = False  # False | True | "bf16" | "fp16"
     ema: bool = False
-    ema_decay: Optional[float] = None  # None: from the run length (see ema_schedule)
+    ema_decay: float | None = None  # None: from the run length (see ema_schedule)
     # NHWC weights and activations; None: on for CPU, where oneDNN convolutions run faster in it.
-    channels_last: Optional[bool] = None
-    freeze: Optional[int] = None  # backbone trainable layers (0..5)
+    channels_last: bool | None = None
+    trainable_layers: int | None = None  # backbone stages trained (0..5); None: the preset's
     augment: str = "default"
     # Progressive resizing: this fraction of the epochs (the first ones; never the last) trains on inputs
     # progressive_scale times the model's input size. Such an epoch costs about scale^2 of a full one;
@@ -46,33 +50,33 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False
     val_every: int = 1
-    val_split: Optional[str] = None
+    val_split: str | None = None
     patience: int = 0  # epochs without val AP improvement before stopping; 0 = off
     max_bad_steps: int = 10  # consecutive non-finite losses that stop the run
-    weights: Optional[str] = None
-    resume: Optional[str] = None
+    weights: str | None = None
+    resume: str | None = None
     sync_bn: bool = False
     project: str = "runs"
-    name: Optional[str] = None
+    name: str | None = None
     exist_ok: bool = False
     plots: bool = True
     progress: bool = True
     conf: float = 0.25  # confusion-matrix threshold
-    max_iters: Optional[int] = None  # stop (as if interrupted) after this many optimizer steps in this call
+    max_iters: int | None = None  # stop (as if interrupted) after this many optimizer steps in this call
     model_overrides: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(set(data) - known - {"freeze"})
         if unknown:
             raise ConfigError(f"unknown training option(s): {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
-        return cls(**data).validate()
+        return cls(**_renamed(data)).validate()
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         if self.optimizer not in ("sgd", "adamw"):
             raise ConfigError(f"--optimizer must be sgd or adamw, got '{self.optimizer}'")
         if self.schedule not in ("cosine", "step", "constant"):
@@ -83,12 +87,14 @@ class TrainConfig:
             raise ConfigError(f"--batch must be >= 1, got {self.batch}")
         if self.imgsz is not None and self.imgsz < 32:
             raise ConfigError(f"--imgsz must be >= 32, got {self.imgsz}")
-        if self.freeze is not None and not 0 <= self.freeze <= 5:
-            raise ConfigError(f"--freeze (backbone trainable layers) must be in 0..5, got {self.freeze}")
+        if self.trainable_layers is not None and not 0 <= self.trainable_layers <= 5:
+            raise ConfigError(f"--trainable-layers (backbone stages trained) must be in 0..5, got {self.trainable_layers}")
         if self.amp not in (False, True, "bf16", "fp16"):
             raise ConfigError(f"--amp must be off, on, bf16 or fp16, got {self.amp!r}")
         if self.ema_decay is not None and not 0.0 < float(self.ema_decay) < 1.0:
             raise ConfigError(f"ema_decay must be between 0 and 1 (exclusive), got {self.ema_decay}")
+        if self.max_iters is not None and self.max_iters < 1:
+            raise ConfigError(f"max_iters must be >= 1, got {self.max_iters}")
         if self.val_every < 1:
             raise ConfigError(f"--val-every must be >= 1, got {self.val_every}")
         if not 0.0 <= float(self.progressive) <= 1.0:
@@ -135,10 +141,26 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
-def resolve_config(config: Optional[str | os.PathLike] = None, **explicit: Any) -> TrainConfig:
+def _renamed(options: dict[str, Any]) -> dict[str, Any]:
+    """``freeze`` is the deprecated name of ``trainable_layers`` (old checkpoints' train_config hold it too)."""
+    if "freeze" not in options:
+        return options
+    options = dict(options)
+    freeze = options.pop("freeze")
+    if freeze is None:
+        return options
+    if options.get("trainable_layers") not in (None, freeze):
+        raise ConfigError(f"--freeze {freeze} and --trainable-layers {options['trainable_layers']} disagree; "
+                          "give --trainable-layers only (--freeze is its deprecated name)")
+    return {**options, "trainable_layers": freeze}
+
+
+def resolve_config(config: str | os.PathLike | None = None, **explicit: Any) -> TrainConfig:
     """Defaults < YAML file < explicit (non-None) arguments."""
+    sources = [read_config_file(config) if config else {}, {k: v for k, v in explicit.items() if v is not None}]
+    if any(source.get("freeze") is not None for source in sources):
+        print(FREEZE_DEPRECATED, file=sys.stderr)
     merged: dict[str, Any] = {}
-    if config:
-        merged.update(read_config_file(config))
-    merged.update({k: v for k, v in explicit.items() if v is not None})
+    for source in sources:
+        merged.update(_renamed(source))
     return TrainConfig.from_dict(merged)

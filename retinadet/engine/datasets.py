@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
+from retinadet.data.discover import load_splits, normalize_split
 from retinadet.data.records import DatasetRecords
 from retinadet.errors import DataError
 
@@ -45,10 +46,9 @@ def _require(ds: DatasetRecords, what: str) -> DatasetRecords:
     return ds
 
 
-def train_val_splits(data: str | os.PathLike, val_split: Optional[str] = None, seed: int = 0
+def train_val_splits(data: str | os.PathLike, val_split: str | None = None, seed: int = 0
                      ) -> tuple[DatasetRecords, DatasetRecords, dict[str, Any]]:
     """(train, val, info). ``info`` is stored in checkpoints so ``val`` can rebuild the same split."""
-    from retinadet.data.discover import load_splits, normalize_split
 
     spec = data_spec(data)
     splits = load_splits(spec)
@@ -70,10 +70,9 @@ def train_val_splits(data: str | os.PathLike, val_split: Optional[str] = None, s
     return _subset(train, all_ids - chosen, "train"), _subset(train, chosen, "val"), info
 
 
-def eval_split(info_or_data: dict | str | os.PathLike, split: Optional[str] = None) -> DatasetRecords:
+def eval_split(info_or_data: dict | str | os.PathLike, split: str | None = None) -> DatasetRecords:
     """The records to evaluate on: from a checkpoint's data info (its val split, or the carved ids),
     or from a dataset path and split name (default ``val``)."""
-    from retinadet.data.discover import load_splits, normalize_split
 
     if isinstance(info_or_data, dict):
         info = info_or_data

@@ -1,11 +1,14 @@
-"""Training state in checkpoints (weights_only-safe): RNG states, EMA, and finding a run's last.pt."""
+"""Training state in checkpoints (weights_only-safe): the run's position and counters, RNG states, EMA,
+and finding a run's last.pt."""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import os
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +17,64 @@ import torch
 from torch import nn
 
 from retinadet.errors import CheckpointError
+
+
+@dataclass
+class TrainState:
+    """Where a run stands: its position (the next step is ``iteration`` of epoch ``epoch``, both 0-based),
+    its validation record, and the current epoch's running loss sums. Saved in last.pt as ``train_state``."""
+
+    epoch: int = 0  # epochs done
+    iteration: int = 0  # steps done in the current epoch
+    best_fitness: float = -1.0  # best val AP so far
+    best_epoch: int = 0  # the epoch (1-based) that reached best_fitness; 0: none yet
+    bad_epochs: int = 0  # validations since best_fitness last improved (for --patience)
+    skipped_steps: int = 0  # steps skipped for a non-finite loss, over the whole run
+    finite_steps: int = 0  # steps of the current epoch that count in the sums below
+    loss_cls_sum: float = 0.0
+    loss_box_sum: float = 0.0
+    loss_total_sum: float = 0.0
+    epoch_time: float = 0.0  # seconds spent in the current epoch, over interruptions
+
+    def record_step(self, losses: dict[str, float] | None) -> None:
+        """A step's losses (``cls``, ``box``, ``total``), or None for a step skipped as non-finite."""
+        if losses is None:
+            self.skipped_steps += 1
+            return
+        self.finite_steps += 1
+        self.loss_cls_sum += losses["cls"]
+        self.loss_box_sum += losses["box"]
+        self.loss_total_sum += losses["total"]
+
+    def mean_losses(self) -> dict[str, float]:
+        """The current epoch's mean losses so far (NaN before its first finite step)."""
+        n = self.finite_steps
+        return {name: total / n if n else float("nan") for name, total in
+                (("loss_total", self.loss_total_sum), ("loss_cls", self.loss_cls_sum), ("loss_box", self.loss_box_sum))}
+
+    def close_epoch(self) -> dict[str, float]:
+        """Moves to the start of the next epoch; returns the finished one's mean losses and time."""
+        summary = {**self.mean_losses(), "epoch_time": self.epoch_time}
+        self.epoch, self.iteration, self.epoch_time = self.epoch + 1, 0, 0.0
+        self.finite_steps, self.loss_cls_sum, self.loss_box_sum, self.loss_total_sum = 0, 0.0, 0.0, 0.0
+        return summary
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainState:
+        if "iter" in data:  # the layout of last.pt files written before TrainState
+            cls_sum, box_sum, total_sum, n = data["epoch_sums"]
+            data = {"epoch": data["epoch"], "iteration": data["iter"], "best_fitness": data["best_fitness"],
+                    "bad_epochs": data["bad_epochs"], "skipped_steps": data["skipped_total"], "finite_steps": n,
+                    "loss_cls_sum": cls_sum, "loss_box_sum": box_sum, "loss_total_sum": total_sum,
+                    "epoch_time": data["epoch_time"]}
+        types = {f.name: type(f.default) for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(types))
+        if unknown:
+            raise CheckpointError(f"train_state has unknown field(s) {', '.join(unknown)}; written by a newer retinadet?")
+        return cls(**{k: types[k](v) for k, v in data.items()})
 
 
 def rng_state() -> dict[str, Any]:

@@ -36,7 +36,7 @@ def test_train_writes_run_folder(trained_run):
     for key in ["model", "model_config", "class_names", "category_ids", "epoch", "metrics", "versions",
                 "optimizer", "scheduler", "rng", "train_state"]:
         assert key in last, key
-    assert last["epoch"] == 2 and last["train_state"]["epoch"] == 2 and last["train_state"]["iter"] == 0
+    assert last["epoch"] == 2 and last["train_state"]["epoch"] == 2 and last["train_state"]["iteration"] == 0
     assert set(last["rng"]) >= {"torch", "numpy", "python"}
     best = torch.load(w / "best.pt", weights_only=True)
     assert "optimizer" not in best and best["class_names"] == ["circle", "square", "triangle", "cross", "ellipse"]
@@ -147,14 +147,16 @@ def test_finetune_reinitialises_class_layer(trained_run, tiny_data, tmp_path):
 def test_validation_decodes_val_images_once_when_they_fit(tiny_data, tmp_path, monkeypatch, cache_bytes, loads):
     """Val batches are kept between epochs (or streamed when over the cap); val/ is written when the run ends."""
     import retinadet
+    import retinadet.engine.evaluate as evaluate_mod
+    import retinadet.engine.hooks as hooks
     import retinadet.engine.loaders as loaders
-    import retinadet.engine.train as train_mod
 
     calls = []
     real = loaders.eval_loader
-    monkeypatch.setattr(loaders, "eval_loader", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for module in (loaders, evaluate_mod, hooks):  # wherever the val loader is looked up
+        monkeypatch.setattr(module, "eval_loader", lambda *a, **k: calls.append(1) or real(*a, **k), raising=False)
     if cache_bytes is not None:
-        monkeypatch.setattr(train_mod, "VAL_CACHE_BYTES", cache_bytes)
+        monkeypatch.setattr(hooks, "VAL_CACHE_BYTES", cache_bytes)
     res = retinadet.train(data=str(tiny_data), epochs=2, batch=4, imgsz=64, workers=0, project=str(tmp_path),
                           progress=False, plots=False, model_overrides={"inference.score_thresh": 0.001})
     assert len(calls) == loads

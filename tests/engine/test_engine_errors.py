@@ -116,8 +116,8 @@ def test_non_finite_loss_stops_and_keeps_last(cli, tiny_data, tmp_path, monkeypa
     assert "non-finite loss, step skipped" in (run / "train.log").read_text()
 
 
-@pytest.mark.parametrize("bad", [["--epochs", "0"], ["--batch", "0"], ["--freeze", "7"], ["--progressive", "1.5"],
-                                 ["--progressive-scale", "0"]])
+@pytest.mark.parametrize("bad", [["--epochs", "0"], ["--batch", "0"], ["--freeze", "7"], ["--trainable-layers", "6"],
+                                 ["--progressive", "1.5"], ["--progressive-scale", "0"]])
 def test_bad_flags(cli, tmp_path, bad):
     res = cli(["train", *bad, "--project", str(tmp_path / "runs")])
     _one_error_line(res)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from retinadet.engine.train import train
+from retinadet.errors import ConfigError, RetinadetError
 
 OPTS = dict(epochs=2, batch=4, imgsz=64, workers=0, deterministic=True, seed=5, ema=True, plots=False, progress=False)
 
@@ -22,7 +24,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(tiny_data, tmp_path):
     part = train(data=str(tiny_data), project=str(tmp_path), name="part", max_iters=3, **OPTS)
     assert part.interrupted
     state = torch.load(part.last, weights_only=True)["train_state"]
-    assert (state["epoch"], state["iter"]) == (1, 1)
+    assert (state["epoch"], state["iteration"]) == (1, 1)
     assert not torch.equal(_weights(part.last)[1]["head.cls_logits.weight"], _weights(full.last)[1]["head.cls_logits.weight"])
 
     resumed = train(resume=str(part.save_dir), workers=0, progress=False)
@@ -36,30 +38,37 @@ def test_interrupted_then_resumed_equals_uninterrupted(tiny_data, tmp_path):
     assert resumed.metrics["AP"] == full.metrics["AP"]
     rows = (part.save_dir / "results.csv").read_text().strip().splitlines()
     assert len(rows) == 3
+    log = (part.save_dir / "train.log").read_text()
+    assert (f"max_iters=3 reached: stopped after epoch 2 iteration 1/2; saved {part.last}; "
+            f"resume with: retinadet train --resume {part.save_dir}") in log
+    assert f"resuming {part.save_dir} at epoch 2, iteration 1/2" in log
+    with pytest.raises(ConfigError, match="already finished"):
+        train(resume=str(full.save_dir))
+    with pytest.raises(RetinadetError, match="not a last.pt"):
+        train(resume=str(full.best))
 
 
 def test_sigterm_finishes_step_and_saves_position(tiny_data, tmp_path, monkeypatch):
     import os
     import signal
 
-    from retinadet.engine import train as train_mod
+    from retinadet.engine.trainer import Trainer
 
-    real = train_mod._Trainer._step
+    real = Trainer.run_step
     calls = {"n": 0}
 
     def step_then_signal(self, batch):
-        out = real(self, batch)
+        real(self, batch)
         calls["n"] += 1
         if calls["n"] == 1:
             os.kill(os.getpid(), signal.SIGTERM)  # arrives mid-run, as from a job scheduler
-        return out
 
-    monkeypatch.setattr(train_mod._Trainer, "_step", step_then_signal)
+    monkeypatch.setattr(Trainer, "run_step", step_then_signal)
     before = signal.getsignal(signal.SIGTERM)
     res = train(data=str(tiny_data), project=str(tmp_path), name="sig", **OPTS)
     assert res.interrupted and "SIGTERM" in res.stop_reason and calls["n"] == 1
     ck = torch.load(res.last, weights_only=True)
-    assert (ck["train_state"]["epoch"], ck["train_state"]["iter"]) == (0, 1)
+    assert (ck["train_state"]["epoch"], ck["train_state"]["iteration"]) == (0, 1)
     assert not (res.save_dir / "weights" / "best.pt").exists()
     assert signal.getsignal(signal.SIGTERM) is before  # the previous handler is restored
 

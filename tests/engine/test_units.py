@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-
 import math
 import shutil
 
@@ -11,9 +10,9 @@ import pytest
 import torch
 
 from retinadet.engine.datasets import eval_split, train_val_splits
-from retinadet.utils.files import increment_run_dir
 from retinadet.engine.schedule import build_scheduler, lr_factor
 from retinadet.engine.train import param_groups
+from retinadet.utils.files import increment_run_dir
 
 
 def test_no_val_split_carves_from_train_not_test(tiny_data, tmp_path):
@@ -103,8 +102,8 @@ def test_adamw_uses_the_fused_kernel_and_matches_the_reference_update():
 
 
 def test_ema_spans_a_fraction_of_the_run():
-    from retinadet.engine.train_state import ModelEMA
     from retinadet.engine.config import TrainConfig
+    from retinadet.engine.train_state import ModelEMA
 
     assert TrainConfig().ema_schedule(900) == (0.99, 100.0)  # the default recipe's 12 x 75 steps
     decay, tau = TrainConfig().ema_schedule(500_000)
@@ -223,7 +222,8 @@ def test_presets_for_imagenet_backbones_train_everything_from_scratch():
     mcfg, notes = _model_config(TrainConfig(model="retinanet_resnet50_fpn"), 3, None)
     assert (mcfg.backbone.norm, mcfg.backbone.trainable_layers) == ("bn", 5)
     assert notes and "from scratch" in notes[0] and mcfg.preset == "retinanet_resnet50_fpn"
-    kept, _ = _model_config(TrainConfig(model="retinanet_resnet50_fpn", freeze=3,
+    assert "pass --trainable-layers or --set backbone.norm=" in notes[0]
+    kept, _ = _model_config(TrainConfig(model="retinanet_resnet50_fpn", trainable_layers=3,
                                         model_overrides={"backbone.norm": "frozen_bn"}), 3, None)
     assert (kept.backbone.norm, kept.backbone.trainable_layers) == ("frozen_bn", 3)
     pretrained, notes = _model_config(TrainConfig(model="retinanet_resnet50_fpn",

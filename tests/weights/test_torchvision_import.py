@@ -72,7 +72,11 @@ def test_retinadet_load_predict_matches_torchvision(tv_file, tv_ckpt, tmp_path, 
     assert len(det) == len(expected["scores"])
     assert torch.equal(det.labels, expected["labels"])
     torch.testing.assert_close(det.scores, expected["scores"], atol=1e-4, rtol=0)
-    torch.testing.assert_close(det.boxes, expected["boxes"], atol=0.5, rtol=0)
+    # Boxes compared where scores are not near-tied: tied ones may come out in either order.
+    gaps = torch.cat([expected["scores"][:-1] - expected["scores"][1:], torch.tensor([1.0])])
+    distinct = (gaps > 1e-4) & torch.cat([torch.tensor([True]), gaps[:-1] > 1e-4])
+    assert distinct.sum() > 10
+    torch.testing.assert_close(det.boxes[distinct], expected["boxes"][distinct], atol=0.5, rtol=0)
 
 
 def test_named_weights_come_from_torch_cache_without_network(tv_file, tmp_path, monkeypatch):
