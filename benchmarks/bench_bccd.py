@@ -52,7 +52,8 @@ def main(data, model, epochs, imgsz, batch, optimizer, lr, weight_decay, augment
     val = det.val(save_dir=result.save_dir / "bench_val", log=quiet)
     test = det.val(data=data, split="test", save_dir=result.save_dir / "bench_test", log=quiet)
     summary = {
-        "data": str(data), "model": model, "epochs": result.epochs_completed, "optimizer": optimizer, "lr": lr, "imgsz": imgsz, "batch": batch,
+        "data": str(data), "model": model, "epochs": result.epochs_completed, "optimizer": optimizer, "lr": lr,
+        "imgsz": imgsz, "batch": batch,
         "train_wall_s": round(train_s, 1), "val_AP": round(val["AP"], 4), "val_AP50": round(val["AP50"], 4),
         "test_AP": round(test["AP"], 4), "test_AP50": round(test["AP50"], 4),
         "test_per_class_AP": {k: round(v, 4) for k, v in test["per_class_AP"].items()}, "run": str(result.save_dir),

@@ -64,7 +64,8 @@ def main() -> None:
             feed = {"images": images.numpy(), "image_sizes": sizes.numpy()}
             net_times, post_times = [], []
 
-            def eager():
+            # Each runner binds this iteration's model and inputs (default arguments), and is timed within it.
+            def eager(model=model, images=images, sizes=sizes, net_times=net_times, post_times=post_times):
                 with torch.no_grad():
                     t0 = time.perf_counter()
                     x = model.normalize(images, sizes)
@@ -74,12 +75,12 @@ def main() -> None:
                     net_times.append(t1 - t0)
                     post_times.append(time.perf_counter() - t1)
 
-            runners = {"eager": eager, "onnxruntime": lambda: sess.run(None, feed)}
+            runners = {"eager": eager, "onnxruntime": lambda sess=sess, feed=feed: sess.run(None, feed)}
             if not args.no_torchscript:
                 ts_path = export_torchscript(model, tmp / f"{preset}_{size}.torchscript", names, imgsz=size, verify=False)
                 ts = torch.jit.load(str(ts_path))
 
-                def torchscript():
+                def torchscript(ts=ts, images=images, sizes=sizes):
                     with torch.no_grad():
                         ts(images, sizes)
 

@@ -23,8 +23,8 @@ from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
-from retinadet.utils.device import autocast_context
 from retinadet.model import build_model
+from retinadet.utils.device import autocast_context
 from retinadet.weights.keymaps import drop_unused_buffers, from_torchvision
 
 
@@ -164,7 +164,7 @@ def main():
     ap.add_argument("--memory-only", action="store_true", help="only the peak-memory children, no timing")
     args = ap.parse_args()
     if args.memory_only:
-        for i, (mode, (inf_mb, tr_mb)) in enumerate(zip(["tv"] + list(args.modes), _measure_memory(args))):
+        for mode, (inf_mb, tr_mb) in zip(["tv"] + list(args.modes), _measure_memory(args)):
             print(f"| {mode} | peak RSS MB infer {inf_mb:.0f} | train {tr_mb:.0f} |")
         return
     torch.set_num_threads(args.threads)

@@ -321,7 +321,8 @@ code('''
         rows = {r["stage"]: r for r in describe(m, (320, 320))}
         taps = [f"{rows[c]['channels']}@{'x'.join(map(str, rows[c]['shape']))}" for c in ("C3", "C4", "C5")]
         fpn = sorted({rows[f"P{i}"]["channels"] for i in range(3, 8)})
-        print(f"{name:22} {taps[0]:>12} {taps[1]:>12} {taps[2]:>12}   {fpn}                {sum(p.numel() for p in m.parameters()) / 1e6:6.2f}")
+        params = sum(p.numel() for p in m.parameters()) / 1e6
+        print(f"{name:22} {taps[0]:>12} {taps[1]:>12} {taps[2]:>12}   {fpn}                {params:6.2f}")
 ''')
 md("""
     **Anchors** over a 128 px `shapes` image. Left: the 9 anchors at the centre location of P3, P4 and P5 (the

@@ -166,11 +166,8 @@ def _check(path, model, imgsz, split, verify_images) -> CheckReport:
             raise DataError(f"{path}: no split '{split}' (available: {', '.join(splits)})")
         splits = {key: splits[key]}
     cfg = resolve_model_config(model)
-    if imgsz:
-        pre = cfg.preprocess
-        # --imgsz N: the long side becomes N for letterbox models, both limits N otherwise.
-        changes = {"preprocess.fixed_size": int(imgsz)} if pre.fixed_size else {"preprocess.min_size": int(imgsz), "preprocess.max_size": int(imgsz)}
-        cfg = cfg.replace(changes)
+    if imgsz:  # --imgsz N: the long side becomes N for letterbox models, both limits N otherwise
+        cfg = cfg.replace(cfg.preprocess.size_overrides(imgsz))
     pre = cfg.preprocess
     problems: list[Problem] = []
     stats = {}
@@ -182,7 +179,8 @@ def _check(path, model, imgsz, split, verify_images) -> CheckReport:
         for r in ds.records:
             key = str(r.path.resolve())
             if key in seen_files and seen_files[key] != name:
-                problems.append(Problem(str(r.path), f"image is in splits '{seen_files[key]}' and '{name}' (leakage)", "duplicate_file", "warning"))
+                problems.append(Problem(str(r.path), f"image is in splits '{seen_files[key]}' and '{name}' (leakage)",
+                                        "duplicate_file", "warning"))
             seen_files.setdefault(key, name)
         stats[name] = _split_stats(ds, pre)
     first = next(iter(splits.values()))
@@ -220,7 +218,8 @@ def format_report(report: CheckReport) -> str:
     if report.coverage_05 is None:
         lines.append("  no boxes to check")
     else:
-        lines.append(f"  best anchor IoU >= 0.5: {report.coverage_05:.1%}   >= 0.4: {report.coverage_04:.1%}   ({report.boxes_checked} boxes)")
+        lines.append(f"  best anchor IoU >= 0.5: {report.coverage_05:.1%}   >= 0.4: {report.coverage_04:.1%}   "
+                     f"({report.boxes_checked} boxes)")
     for hint in report.hints:
         lines.append(f"  hint: {hint}")
     errors = report.errors

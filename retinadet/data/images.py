@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 import torch
@@ -141,7 +140,7 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     return int(w), int(h)
 
 
-ImageSource = Union[str, os.PathLike, np.ndarray, torch.Tensor, Image.Image]
+ImageSource = str | os.PathLike | np.ndarray | torch.Tensor | Image.Image
 
 
 def to_image_tensor(source: ImageSource) -> tuple[torch.Tensor, str | None]:

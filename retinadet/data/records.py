@@ -149,12 +149,14 @@ def check_unique_ids(records: list[ImageRecord], problems: list[Problem]) -> Non
     seen_paths: dict[str, int] = {}
     for r in records:
         if r.image_id in seen_ids:
-            problems.append(Problem(r.source or str(r.path), f"duplicate image id {r.image_id} ({seen_ids[r.image_id]} and {r.path})", "duplicate_id"))
+            problems.append(Problem(r.source or str(r.path), f"duplicate image id {r.image_id} ({seen_ids[r.image_id]} and {r.path})",
+                                    "duplicate_id"))
         else:
             seen_ids[r.image_id] = r.path
         key = str(r.path.resolve()) if r.path.is_absolute() else str(r.path)
         if key in seen_paths:
-            problems.append(Problem(r.source or str(r.path), f"duplicate image file {r.path} (image ids {seen_paths[key]} and {r.image_id})", "duplicate_file"))
+            problems.append(Problem(r.source or str(r.path),
+                                    f"duplicate image file {r.path} (image ids {seen_paths[key]} and {r.image_id})", "duplicate_file"))
         else:
             seen_paths[key] = r.image_id
 

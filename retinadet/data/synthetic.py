@@ -255,7 +255,7 @@ def write_shapes_dataset(out: str | os.PathLike, cfg: ShapesConfig = ShapesConfi
     for job, result in zip(jobs, results):
         objects_by_split.setdefault(job[1], []).extend(result)
     total = 0
-    for split_index, (split, count) in enumerate(counts.items()):
+    for split_index, split in enumerate(counts):
         images, annotations = [], []
         for i, objects in sorted(objects_by_split.get(split_index, [])):
             images.append({"id": i + 1, "file_name": f"{split}_{i:05d}.jpg", "width": cfg.size, "height": cfg.size})

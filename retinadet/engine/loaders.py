@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
@@ -80,7 +80,7 @@ class TrainLoader:
 
     def __init__(self, data: DatasetRecords, preprocess: Any, batch_size: int, augment: str = "default",
                  workers: int = 0, seed: int = 0, rank: int = 0, world: int = 1, pin_memory: bool = False,
-                 small: Optional[tuple[int, Any]] = None):
+                 small: tuple[int, Any] | None = None):
         if len(data) == 0:
             raise DataError(f"{data.root}: split '{data.split}' has no images")
         self.full = _pipeline(data, augment, preprocess)

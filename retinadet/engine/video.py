@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator, Optional
 
 import torch
 
@@ -81,7 +81,7 @@ class VideoWriter:
             self._container.mux(packet)
         self.frames += 1
 
-    def close(self) -> Optional[Path]:
+    def close(self) -> Path | None:
         """Flushes and renames into place; the path, or None when no frame was written."""
         if self._container is None:
             return None

@@ -77,7 +77,8 @@ class AnchorGenerator(nn.Module):
     def num_anchors(self) -> int:
         return self.cfg.num_anchors
 
-    def forward(self, image_size: Sequence[int], grid_sizes: Sequence[Sequence[int]], device: torch.device, dtype: torch.dtype) -> tuple[Tensor, list[int]]:
+    def forward(self, image_size: Sequence[int], grid_sizes: Sequence[Sequence[int]], device: torch.device,
+                dtype: torch.dtype) -> tuple[Tensor, list[int]]:
         """Returns all anchors [N, 4] and the number of anchors on each level."""
         key = (tuple(int(s) for s in image_size), tuple(tuple(int(v) for v in g) for g in grid_sizes), device, dtype)
         hit = self._cache.get(key)

@@ -209,7 +209,8 @@ def _resolve_torchvision_weights(cfg: BackboneConfig):
         return torchvision.models.get_weight(f"{_weights_enum_name(cfg.name)}.{cfg.weights}"), None
     except (KeyError, ValueError, AttributeError) as exc:
         valid = [w.name for w in torchvision.models.get_model_weights(cfg.name)]
-        raise ConfigError(f"unknown weights '{cfg.weights}' for {cfg.name}; valid: {', '.join(valid) or 'none'}, or a local file path") from exc
+        raise ConfigError(f"unknown weights '{cfg.weights}' for {cfg.name}; valid: {', '.join(valid) or 'none'}, "
+                          "or a local file path") from exc
 
 
 def _weights_enum_name(model_name: str) -> str:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 
 from click.testing import CliRunner
-
 from data_support import write_coco, write_image
+
 from retinadet.cli.data import command as data_command
 
 
@@ -46,7 +46,7 @@ def test_check_reports_every_problem_with_its_file(tmp_path):
     lines = out.splitlines()
 
     def has(kind, needle):
-        return any(kind in l and needle in l for l in lines)
+        return any(kind in line and needle in line for line in lines)
 
     assert has("unreadable_image", "truncated.jpg")
     assert has("missing_file", "missing.jpg")
@@ -54,7 +54,7 @@ def test_check_reports_every_problem_with_its_file(tmp_path):
     assert has("nan_box", "nan.jpg")
     assert has("unknown_class", "unknown category id 42")
     assert has("duplicate_id", "duplicate image id 6")
-    assert all(str(json_path) in l or "jpg" in l for l in lines if l.strip().startswith("[error]"))
+    assert all(str(json_path) in line or "jpg" in line for line in lines if line.strip().startswith("[error]"))
     assert "[train]" in out and "Anchor coverage" in out
 
     result = CliRunner().invoke(data_command, ["check", str(empty)])
@@ -66,9 +66,9 @@ def test_check_reports_every_problem_with_its_file(tmp_path):
 def test_check_bccd_passes_and_reports_zero_size_boxes(bccd):
     result = CliRunner().invoke(data_command, ["check", str(bccd), "--model", "fast"])
     assert result.exit_code == 0, result.output
-    zero = [l for l in result.output.splitlines() if "zero_size_box" in l]
+    zero = [line for line in result.output.splitlines() if "zero_size_box" in line]
     assert len(zero) == 2
-    assert any("BloodImage_00338.xml" in l for l in zero) and any("BloodImage_00343.xml" in l for l in zero)
+    assert any("BloodImage_00338.xml" in line for line in zero) and any("BloodImage_00343.xml" in line for line in zero)
     assert "[train] 205 images" in result.output and "[val] 87 images" in result.output and "[test] 72 images" in result.output
     assert "best anchor IoU >= 0.5" in result.output
 

@@ -8,8 +8,8 @@ import shutil
 import numpy as np
 import pytest
 import yaml
-
 from data_support import make_roboflow, write_coco, write_image
+
 from retinadet.data.convert import write_dataset
 from retinadet.data.discover import load_dataset, load_splits
 from retinadet.data.formats.coco import coco_api, to_coco_dict
@@ -38,8 +38,8 @@ def test_bccd_voc_coco_yolo_coco_round_trip(bccd, tmp_path):
     src = tmp_path / "voc"
     for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
         (src / sub).mkdir(parents=True)
-    stems = [l.strip() for l in (bccd / "ImageSets/Main/train.txt").read_text().split()][:4]
-    stems += [l.strip() for l in (bccd / "ImageSets/Main/val.txt").read_text().split()][:2]
+    stems = [line.strip() for line in (bccd / "ImageSets/Main/train.txt").read_text().split()][:4]
+    stems += [line.strip() for line in (bccd / "ImageSets/Main/val.txt").read_text().split()][:2]
     for s in stems:
         shutil.copy(bccd / "Annotations" / f"{s}.xml", src / "Annotations")
         shutil.copy(bccd / "JPEGImages" / f"{s}.jpg", src / "JPEGImages")
@@ -182,7 +182,8 @@ def test_voc_difficult_is_crowd_and_convert_cli(tmp_path):
     write_image(src / "JPEGImages" / "im1.jpg", 50, 40)
     write_image(src / "JPEGImages" / "im2.jpg", 50, 40)
     (src / "Annotations").mkdir()
-    obj = "<object><name>{n}</name><difficult>{d}</difficult><bndbox><xmin>{a}</xmin><ymin>2</ymin><xmax>{b}</xmax><ymax>20</ymax></bndbox></object>"
+    obj = ("<object><name>{n}</name><difficult>{d}</difficult>"
+           "<bndbox><xmin>{a}</xmin><ymin>2</ymin><xmax>{b}</xmax><ymax>20</ymax></bndbox></object>")
     (src / "Annotations" / "im1.xml").write_text(
         "<annotation><filename>im1.jpg</filename><size><width>50</width><height>40</height></size>"
         + obj.format(n="dog", d=0, a=1, b=10) + obj.format(n="cat", d=1, a=5, b=30) + "</annotation>")

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from data_support import make_roboflow, write_coco, write_image
 from torch.utils.data import DistributedSampler, SequentialSampler
 
-from data_support import make_roboflow, write_coco, write_image
 from retinadet.data.discover import load_dataset
-from retinadet.data.loading import (DetectionDataset, GroupedBatchSampler, aspect_ratio_groups, build_loader,
-                                    collate_detection)
+from retinadet.data.loading import DetectionDataset, GroupedBatchSampler, aspect_ratio_groups, build_loader, collate_detection
 from retinadet.data.transforms import build_transform
 from retinadet.errors import DataError
 
@@ -34,7 +33,8 @@ def test_collate_contract(tmp_path):
     assert batch["images"].dtype == torch.uint8 and batch["images"].shape[:2] == (B, 3)
     H, W = batch["images"].shape[-2:]
     assert H % 32 == 0 and W % 32 == 0
-    assert batch["image_sizes"].dtype == torch.int64 and batch["image_sizes"].tolist() == [[50, 66], [100, 50], [50, 66]]  # floor, as torchvision
+    assert batch["image_sizes"].dtype == torch.int64
+    assert batch["image_sizes"].tolist() == [[50, 66], [100, 50], [50, 66]]  # floor, as torchvision
     assert batch["orig_sizes"].tolist() == [[48, 64], [80, 40], [48, 64]]
     M = batch["boxes"].shape[1]
     assert M == 2 and batch["boxes"].dtype == torch.float32

@@ -44,8 +44,8 @@ def test_content_has_the_specified_variety(tmp_path):
     sides = np.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
     assert sides.min() < 16 and sides.max() > 0.45 * 320  # P3 ... P7 sized objects
     # overlaps: some pairs of boxes in one image intersect
-    from torchvision.ops import box_iou
     import torch
+    from torchvision.ops import box_iou
 
     overlapping = sum(int((box_iou(torch.from_numpy(r.boxes), torch.from_numpy(r.boxes)).triu(1) > 0).any())
                       for r in ds.records if r.num_boxes > 1)

@@ -20,7 +20,8 @@ from retinadet.weights.checkpoint import make_checkpoint, save_checkpoint
 def weights(tmp_path_factory):
     torch.manual_seed(0)
     model = build_model("fast", num_classes=2, overrides={"fpn.channels": 32, "head.channels": 48,
-                                                          "preprocess.min_size": 96, "preprocess.max_size": 128, "preprocess.fixed_size": None})
+                                                          "preprocess.min_size": 96, "preprocess.max_size": 128,
+                                                          "preprocess.fixed_size": None})
     path = tmp_path_factory.mktemp("cam_weights") / "untrained.pt"
     save_checkpoint(path, make_checkpoint(model, ["red cell", "platelet"]))
     return path

@@ -20,7 +20,8 @@ def test_bccd_figure_from_any_checkpoint(shared_dir, tmp_path):
     assert bccd.is_dir()
     torch.manual_seed(0)
     model = build_model("fast", num_classes=3, overrides={"fpn.channels": 32, "head.channels": 48,
-                                                          "preprocess.min_size": 160, "preprocess.max_size": 224, "preprocess.fixed_size": None})
+                                                          "preprocess.min_size": 160, "preprocess.max_size": 224,
+                                                          "preprocess.fixed_size": None})
     weights = tmp_path / "bccd_untrained.pt"
     save_checkpoint(weights, make_checkpoint(model, ["RBC", "WBC", "Platelets"]))
     out = tmp_path / "gradcam_bccd.png"

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from explain_support import network_input, slim_model
+
 from retinadet.detector import Detector
 from retinadet.errors import ConfigError
 from retinadet.explain import (

@@ -12,8 +12,8 @@ import copy
 
 import numpy as np
 import torch
-
 from explain_support import network_input
+
 from retinadet.detector import Detector
 from retinadet.explain import NoDetectionsError, compute_cams, forward_with_maps
 from retinadet.model.fpn import FPN

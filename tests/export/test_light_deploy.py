@@ -49,8 +49,7 @@ BLOCKED_RUN = textwrap.dedent("""
 def test_onnx_predict_without_torch_matches_torch_path(models, exported, bccd_paths, tmp_path):
     import torch
 
-    from retinadet.detector import Detector
-    from retinadet.detector import predict
+    from retinadet.detector import Detector, predict
 
     source = tmp_path / "images"
     source.mkdir()

@@ -60,7 +60,8 @@ def test_trainable_layers_follow_torchvision(layers, frozen_prefixes, trainable_
         assert all(p.requires_grad for n, p in params.items() if n.startswith(prefix)), prefix
 
 
-@pytest.mark.parametrize("norm,kind", [("frozen_bn", "FrozenBatchNorm2d"), ("gn", "GroupNorm"), ("syncbn", "SyncBatchNorm"), ("bn", "BatchNorm2d")])
+@pytest.mark.parametrize("norm,kind", [("frozen_bn", "FrozenBatchNorm2d"), ("gn", "GroupNorm"), ("syncbn", "SyncBatchNorm"),
+                                       ("bn", "BatchNorm2d")])
 def test_norm_options(norm, kind):
     bb = build_backbone(BackboneConfig(name="resnet18", norm=norm))
     kinds = {type(m).__name__ for m in bb.modules()}

@@ -45,12 +45,14 @@ def test_losses_are_batched_and_an_empty_image_gives_background_loss_only():
     matched = match_anchors(ANCHORS, gt, labels >= 0, torch.zeros_like(labels, dtype=torch.bool), MatcherConfig())
     for box_loss in ["l1", "smooth_l1", "giou"]:
         for norm in ["per_image", "batch"]:
-            losses = detection_losses(logits, deltas, ANCHORS, matched, gt, labels, BoxCoder(), LossConfig(box_loss=box_loss, normalize=norm))
+            cfg = LossConfig(box_loss=box_loss, normalize=norm)
+            losses = detection_losses(logits, deltas, ANCHORS, matched, gt, labels, BoxCoder(), cfg)
             assert torch.isfinite(losses["cls"]) and torch.isfinite(losses["box"])
     # The same losses computed image by image.
     cfg = LossConfig(normalize="per_image")
     batched = detection_losses(logits, deltas, ANCHORS, matched, gt, labels, BoxCoder(), cfg)
-    singles = [detection_losses(logits[i:i + 1], deltas[i:i + 1], ANCHORS, matched[i:i + 1], gt[i:i + 1], labels[i:i + 1], BoxCoder(), cfg) for i in range(2)]
+    singles = [detection_losses(logits[i:i + 1], deltas[i:i + 1], ANCHORS, matched[i:i + 1], gt[i:i + 1], labels[i:i + 1],
+                                BoxCoder(), cfg) for i in range(2)]
     torch.testing.assert_close(batched["cls"], (singles[0]["cls"] + singles[1]["cls"]) / 2)
     torch.testing.assert_close(batched["box"], (singles[0]["box"] + singles[1]["box"]) / 2)
     assert singles[1]["box"] == 0 and singles[1]["cls"] > 0

@@ -136,11 +136,13 @@ def read_coco(
                 problems.append(Problem(str(path), f"annotations[{j}] (id {ann.get('id')}): bad category_id {cid!r}", "unknown_class"))
                 continue
             if cid not in label_of:
-                problems.append(Problem(str(path), f"annotations[{j}] (id {ann.get('id')}): unknown category id {cid} for {file.name}", "unknown_class"))
+                problems.append(Problem(str(path), f"annotations[{j}] (id {ann.get('id')}): unknown category id {cid} for {file.name}",
+                                        "unknown_class"))
                 continue
             bbox = ann.get("bbox")
             if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
-                problems.append(Problem(str(path), f"annotations[{j}] (id {ann.get('id')}): 'bbox' must be [x, y, w, h], got {bbox!r}", "bad_annotation"))
+                problems.append(Problem(str(path), f"annotations[{j}] (id {ann.get('id')}): 'bbox' must be [x, y, w, h], got {bbox!r}",
+                                        "bad_annotation"))
                 continue
             try:
                 x, y, w, h = (float("nan") if v is None else float(v) for v in bbox)

@@ -67,7 +67,8 @@ def read_csv(path: str | os.PathLike, class_file: str | os.PathLike | None = Non
             if not row or not "".join(row).strip():
                 continue
             if len(row) != 6:
-                problems.append(Problem(str(path), f"line {lineno}: expected 6 fields 'path,x1,y1,x2,y2,class_name', got {len(row)}", "bad_annotation"))
+                problems.append(Problem(str(path), f"line {lineno}: expected 6 fields 'path,x1,y1,x2,y2,class_name', got {len(row)}",
+                                        "bad_annotation"))
                 continue
             if lineno == 1 and row[1].strip().lower() == "x1":
                 continue  # header row

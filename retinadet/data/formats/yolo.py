@@ -78,7 +78,8 @@ def read_yolo(source: str | os.PathLike, class_names: Sequence[str], split: str 
                     continue
                 loc = f"line {lineno}"
                 if len(fields) < 5 or (len(fields) > 5 and len(fields) % 2 == 0):
-                    problems.append(Problem(str(label_file), f"{loc}: expected 'class cx cy w h' or a polygon, got {len(fields)} fields", "bad_annotation"))
+                    problems.append(Problem(str(label_file), f"{loc}: expected 'class cx cy w h' or a polygon, got {len(fields)} fields",
+                                            "bad_annotation"))
                     continue
                 try:
                     cls = int(float(fields[0]))
@@ -87,7 +88,8 @@ def read_yolo(source: str | os.PathLike, class_names: Sequence[str], split: str 
                     problems.append(Problem(str(label_file), f"{loc}: non-numeric field in {line.strip()!r}", "bad_annotation"))
                     continue
                 if not 0 <= cls < len(class_names):
-                    problems.append(Problem(str(label_file), f"{loc}: unknown class id {cls} (names has {len(class_names)})", "unknown_class"))
+                    problems.append(Problem(str(label_file), f"{loc}: unknown class id {cls} (names has {len(class_names)})",
+                                            "unknown_class"))
                     continue
                 if len(values) == 4:
                     cx, cy, w, h = values
