@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import click
 
-from retinadet.detector import load
 from retinadet.explain.cam import LAYERS, METHODS, NORM_STATS, TARGETS
-from retinadet.explain.run import run_cam
-from retinadet.utils.sources import list_sources
 
 
 @click.command("cam")
@@ -33,6 +30,11 @@ from retinadet.utils.sources import list_sources
 def command(weights, source, method, layer, topk, class_name, box_index, target, conf, iou, norm_stats, save_npy, device, project,
             name, exist_ok) -> None:
     """Write one heatmap overlay per explained detection and a grid per image."""
+    # Imported here: `retinadet --help` loads every command module, and the API loads everything.
+    from retinadet.detector import load
+    from retinadet.explain.run import run_cam
+    from retinadet.utils.sources import list_sources
+
     list_sources(source)  # a bad source fails before the weights are loaded
     run_cam(load(weights, device=device), source, method=method, layer=layer, topk=topk, class_name=class_name,
             box_index=box_index, target=target, conf=conf, iou=iou, norm_stats=norm_stats, save_npy=save_npy,

@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import click
-import torch
-
-from retinadet.detector import predict
-from retinadet.errors import RetinadetError
-from retinadet.utils.sentinels import FROM_CONFIG
 
 
 @click.command("predict")
@@ -27,6 +22,13 @@ from retinadet.utils.sentinels import FROM_CONFIG
 @click.option("--exist-ok", is_flag=True)
 def command(weights, source, conf, iou, max_det, batch, imgsz, device, save_txt, save_csv, nosave, project, name, exist_ok) -> None:
     """Write annotated images and predictions.json (COCO results + file_name + class name, original pixels)."""
+    # Imported here: `retinadet --help` loads every command module, and should not load torch.
+    import torch
+
+    from retinadet.detector import predict
+    from retinadet.errors import RetinadetError
+    from retinadet.utils.sentinels import FROM_CONFIG
+
     try:
         predict(weights, source, conf=conf, iou=iou, max_det=FROM_CONFIG if max_det is None else max_det, batch=batch,
                 imgsz=imgsz, device=device, save=not nosave, save_txt=save_txt, save_csv=save_csv, project=project,

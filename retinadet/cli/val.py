@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import click
-import torch
-
-from retinadet.detector import load
-from retinadet.errors import RetinadetError
 
 
 @click.command("val")
@@ -23,6 +19,12 @@ from retinadet.errors import RetinadetError
 @click.option("--no-plots", "plots", flag_value=False, default=True)
 def command(weights, data, split, batch, conf, device, workers, project, name, exist_ok, plots) -> None:
     """Evaluate WEIGHTS: 12 COCO stats, per-class AP, PR curves, confusion matrix, metrics.json, predictions."""
+    # Imported here: `retinadet --help` loads every command module, and should not load torch.
+    import torch
+
+    from retinadet.detector import load
+    from retinadet.errors import RetinadetError
+
     try:
         load(weights).val(data, split, batch=batch, workers=workers, device=device, conf=conf, plots=plots,
                           project=project, name=name, exist_ok=exist_ok, log=click.echo, progress=True)
