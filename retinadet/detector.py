@@ -3,8 +3,10 @@ and :func:`predict` (files, folders and videos, through torch or an exported ONN
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from torch import Tensor
@@ -17,7 +19,7 @@ from retinadet.explain import Explanation, explain
 from retinadet.export import onnx_runtime
 from retinadet.model import ModelConfig, RetinaNet, resolve_model_config
 from retinadet.model.inference import detect_images
-from retinadet.structures import Detections
+from retinadet.structures import Detections, DetectionsList
 from retinadet.utils.device import resolve_device
 from retinadet.utils.sentinels import FROM_CONFIG, FromConfig
 from retinadet.weights.resolve import load_weights
@@ -67,26 +69,39 @@ class Detector:
 
     def predict(self, sources: ImageSource | Sequence[ImageSource], conf: float | None = None, iou: float | None = None,
                 max_det: int | None | FromConfig = FROM_CONFIG, batch_size: int = 4, amp: bool | str = False,
-                channels_last: bool | None = None) -> Detections | list[Detections]:
+                channels_last: bool | None = None, skip_errors: bool = False) -> Detections | DetectionsList:
         """Detections per image, boxes in original pixels; a single input gives a single ``Detections``.
 
         ``conf``/``iou`` None and ``max_det`` FROM_CONFIG take the model's values (``max_det=None``
         keeps all). ``channels_last`` switches the model's memory format (faster convolutions on
-        CPU); None keeps the current one."""
+        CPU); None keeps the current one. An input that cannot be read raises a :class:`DataError`
+        naming it; with ``skip_errors`` a list of inputs gives the others' detections, and the
+        failures in the result's ``skipped`` ((input, reason) pairs)."""
         items, many = _as_list(sources)
         if not items:
             raise DataError("no images to predict on")
         if channels_last is not None and channels_last != self.model.channels_last:
             self.model.use_channels_last(channels_last)
-        results: list[Detections] = []
+        results, skipped = DetectionsList(), []
         step = max(1, int(batch_size))
         for start in range(0, len(items), step):
-            tensors, names = zip(*(to_image_tensor(s) for s in items[start:start + step]))
+            tensors, names = [], []
+            for item in items[start:start + step]:
+                try:
+                    tensor, name = to_image_tensor(item)
+                except DataError as exc:
+                    if not (skip_errors and many):
+                        raise
+                    skipped.append((str(item) if isinstance(item, (str, os.PathLike)) else type(item).__name__, str(exc)))
+                    continue
+                tensors.append(tensor)
+                names.append(name)
             dets = detect_images(self.model, tensors, conf=conf, iou=iou, max_det=max_det, amp=amp,
-                                 class_names=self.class_names)
+                                 class_names=self.class_names) if tensors else []
             for d, name in zip(dets, names):
                 d.source = name
                 results.append(d.cpu())
+        results.skipped = skipped
         return results if many else results[0]
 
     def explain(self, image: ImageSource, **options) -> Explanation:
@@ -110,15 +125,48 @@ def load(spec: str | os.PathLike, class_names: Sequence[str] | str | None = None
     return Detector(w.model, w.class_names, device, category_ids=w.category_ids, checkpoint=w.checkpoint)
 
 
-def predict(weights: str | os.PathLike | Detector, source: str | os.PathLike, *, device: str | None = None,
-            **options: Any) -> dict[str, Any]:
+# What a predict run records in its args.json, to be resumed with the same options.
+_RESUMABLE = ("conf", "iou", "max_det", "batch", "imgsz", "amp", "save", "save_txt", "save_csv", "strict")
+
+
+def predict(weights: str | os.PathLike | Detector | None = None, source: str | os.PathLike | None = None, *,
+            device: str | None = None, resume: str | os.PathLike | None = None, **options: Any) -> dict[str, Any]:
     """``retinadet predict``: a weights spec (an exported ``.onnx`` runs through onnxruntime, without
     torch) or a :class:`Detector`, over an image, folder, glob, list file or video. ``options``: see
-    :func:`retinadet.engine.predict.predict`. Returns counts and the output folder."""
+    :func:`retinadet.engine.predict.predict`. Returns counts and the output folder.
+
+    ``resume``: the folder of an interrupted run; it continues with the inputs not done yet, with the
+    weights, source and options the run recorded (``weights`` is needed again when it was a Detector)."""
+    if resume is not None:
+        weights, source, options = _resumed(resume, weights, source, options)
+    if weights is None or source is None:
+        raise ConfigError("predict needs weights and a source (or resume=RUN_DIR)")
+    run_args = None
+    if isinstance(weights, (str, os.PathLike)):
+        run_args = {"weights": os.fspath(weights), "source": os.fspath(source),
+                    "options": {k: ("FROM_CONFIG" if v is FROM_CONFIG else v) for k, v in options.items() if k in _RESUMABLE}}
     if isinstance(weights, (str, os.PathLike)) and os.fspath(weights).lower().endswith(".onnx"):
-        return onnx_runtime.predict_onnx(weights, source, **options)
+        return onnx_runtime.predict_onnx(weights, source, resume=resume, run_args=run_args, **options)
     predict_mod.list_sources(source)  # a bad source fails before the weights are loaded
     det = weights if isinstance(weights, Detector) else load(weights)
     if device is not None:
         det.to(device)
-    return predict_mod.predict(det, source, **options)
+    return predict_mod.predict(det, source, resume=resume, run_args=run_args, **options)
+
+
+def _resumed(run_dir, weights, source, options: dict) -> tuple[Any, Any, dict]:
+    """Weights, source and options of the interrupted run in ``run_dir``; those given now must agree."""
+    path = Path(run_dir) / "args.json"
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{run_dir}: not a predict run folder to resume (no args.json)") from None
+    except ValueError as exc:
+        raise ConfigError(f"{path}: unreadable ({exc})") from None
+    recorded = {k: (FROM_CONFIG if v == "FROM_CONFIG" else v) for k, v in saved.get("options", {}).items()}
+    for key, value in options.items():
+        if key in recorded and recorded[key] != value:
+            raise ConfigError(f"--resume {run_dir}: the run was started with {key}={recorded[key]!r}, not {value!r}")
+    if source is not None and os.fspath(source) != saved["source"]:
+        raise ConfigError(f"--resume {run_dir}: the run predicts {saved['source']}, not {os.fspath(source)}")
+    return weights if weights is not None else saved["weights"], saved["source"], {**options, **recorded}

@@ -27,8 +27,9 @@ from retinadet.explain.cam import LAYERS, METHODS, NORM_STATS, TARGETS
 @click.option("--project", default="runs", show_default=True)
 @click.option("--name", default=None, help="Run name under PROJECT/cam. [default: exp]")
 @click.option("--exist-ok", is_flag=True)
+@click.option("--strict", is_flag=True, help="Stop at the first unreadable image instead of skipping it.")
 def command(weights, source, method, layer, topk, class_name, box_index, target, conf, iou, norm_stats, save_npy, device, project,
-            name, exist_ok) -> None:
+            name, exist_ok, strict) -> None:
     """Write one heatmap overlay per explained detection and a grid per image."""
     # Imported here: `retinadet --help` loads every command module, and the API loads everything.
     from retinadet.detector import load
@@ -38,4 +39,4 @@ def command(weights, source, method, layer, topk, class_name, box_index, target,
     list_sources(source)  # a bad source fails before the weights are loaded
     run_cam(load(weights, device=device), source, method=method, layer=layer, topk=topk, class_name=class_name,
             box_index=box_index, target=target, conf=conf, iou=iou, norm_stats=norm_stats, save_npy=save_npy,
-            project=project, name=name, exist_ok=exist_ok, log=click.echo)
+            project=project, name=name, exist_ok=exist_ok, log=click.echo, strict=strict)

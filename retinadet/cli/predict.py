@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import click
+from click.core import ParameterSource
+
+# CLI names of the options a run records, and their keyword in the API.
+OPTIONS = {"conf": "conf", "iou": "iou", "max_det": "max_det", "batch": "batch", "imgsz": "imgsz",
+           "save_txt": "save_txt", "save_csv": "save_csv", "nosave": "save", "strict": "strict"}
 
 
 @click.command("predict")
-@click.option("--weights", required=True, help="Weights (a retinadet .pt, or anything `retinadet.load` reads).")
-@click.option("--source", required=True, help="An image, a folder, a glob, a .txt file of paths, or a video.")
+@click.option("--weights", default=None, help="Weights (a retinadet .pt, or anything `retinadet.load` reads).")
+@click.option("--source", default=None, help="An image, a folder, a glob, a .txt file of paths, or a video.")
 @click.option("--conf", type=float, default=0.25, show_default=True, help="Score threshold.")
 @click.option("--iou", type=float, default=None, help="NMS IoU (default: the model's).")
 @click.option("--max-det", type=int, default=None, help="Detections per image (default: the model's).")
@@ -17,11 +22,20 @@ import click
 @click.option("--save-txt", is_flag=True, help="Also write YOLO-style labels/*.txt (class cx cy w h score, normalised).")
 @click.option("--save-csv", is_flag=True, help="Also write predictions.csv.")
 @click.option("--nosave", is_flag=True, help="Do not write annotated images.")
+@click.option("--strict", is_flag=True, help="Stop at the first unreadable input instead of skipping it.")
+@click.option("--resume", default=None, type=click.Path(file_okay=False),
+              help="Finish an interrupted run (its folder): the inputs not done yet, with its weights and options.")
 @click.option("--project", default="runs", show_default=True)
 @click.option("--name", default=None, help="Run name under PROJECT/predict. [default: exp]")
 @click.option("--exist-ok", is_flag=True)
-def command(weights, source, conf, iou, max_det, batch, imgsz, device, save_txt, save_csv, nosave, project, name, exist_ok) -> None:
-    """Write annotated images and predictions.json (COCO results + file_name + class name, original pixels)."""
+@click.pass_context
+def command(ctx, weights, source, conf, iou, max_det, batch, imgsz, device, save_txt, save_csv, nosave, strict, resume,
+            project, name, exist_ok) -> None:
+    """Write annotated images and predictions.json (COCO results + file_name + class name, original pixels).
+
+    Unreadable inputs are skipped, named and listed in skipped.txt; the exit code is non-zero only when
+    no input could be read. Detections also stream to predictions.jsonl, so `--resume RUN_DIR` finishes
+    an interrupted run."""
     # Imported here: `retinadet --help` loads every command module, and should not load torch.
     import torch
 
@@ -29,10 +43,16 @@ def command(weights, source, conf, iou, max_det, batch, imgsz, device, save_txt,
     from retinadet.errors import RetinadetError
     from retinadet.utils.sentinels import FROM_CONFIG
 
+    values = {"conf": conf, "iou": iou, "max_det": FROM_CONFIG if max_det is None else max_det, "batch": batch,
+              "imgsz": imgsz, "save_txt": save_txt, "save_csv": save_csv, "save": not nosave, "strict": strict}
+    if resume is not None:  # only what was given now: the rest comes from the run
+        given = {api for cli, api in OPTIONS.items() if ctx.get_parameter_source(cli) == ParameterSource.COMMANDLINE}
+        values = {k: v for k, v in values.items() if k in given}
+    elif weights is None or source is None:
+        raise click.UsageError("--weights and --source are required (unless --resume RUN_DIR)")
     try:
-        predict(weights, source, conf=conf, iou=iou, max_det=FROM_CONFIG if max_det is None else max_det, batch=batch,
-                imgsz=imgsz, device=device, save=not nosave, save_txt=save_txt, save_csv=save_csv, project=project,
-                name=name, exist_ok=exist_ok, log=click.echo)
+        predict(weights, source, device=device, resume=resume, project=project, name=name, exist_ok=exist_ok,
+                log=click.echo, **values)
     except torch.OutOfMemoryError as exc:
         raise RetinadetError(f"out of memory during prediction ({str(exc).splitlines()[0][:120]}); "
                              "try a smaller --batch or --imgsz") from exc

@@ -26,7 +26,7 @@ from retinadet.errors import ConfigError
 from retinadet.model.inference import detect_batch
 from retinadet.model.preprocess import InputBatch
 from retinadet.structures import Detections
-from retinadet.utils.files import increment_run_dir, write_json
+from retinadet.utils.files import atomic_write_text, increment_run_dir, write_json
 from retinadet.utils.sentinels import FROM_CONFIG, FromConfig
 
 STAT_NAMES = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
@@ -61,12 +61,16 @@ class EvalResult:
 @torch.no_grad()
 def run_inference(model, loader, device: torch.device, amp: Any = False, conf: float | None = None,
                   iou: float | None = None, max_det: int | None | FromConfig = FROM_CONFIG,
-                  keep_first_batch: bool = False, progress: bool = False) -> tuple[dict[int, Detections], dict | None]:
+                  keep_first_batch: bool = False, progress: bool = False
+                  ) -> tuple[dict[int, Detections], dict | None, list[str]]:
     """Detections of every image of ``loader`` (batches of :func:`retinadet.engine.loaders.eval_loader`),
-    by image id, through the one inference path (:func:`retinadet.model.inference.detect_batch`)."""
+    by image id, through the one inference path (:func:`retinadet.model.inference.detect_batch`), and the
+    files the loader could not read (skipped: their boxes count as missed)."""
     out: dict[int, Detections] = {}
     first = None
+    skipped: list[str] = []
     for batch in tqdm(loader, desc="val", leave=False, disable=not progress):
+        skipped += batch.get("stats", {}).get("skipped", [])
         inputs = InputBatch(batch["images"].to(device, non_blocking=True), batch["image_sizes"].to(device),
                             batch["orig_sizes"].to(device))
         dets = detect_batch(model, inputs, conf=conf, iou=iou, max_det=max_det, amp=amp)
@@ -77,7 +81,7 @@ def run_inference(model, loader, device: torch.device, amp: Any = False, conf: f
             first = {"images": batch["images"], "image_sizes": batch["image_sizes"], "boxes": batch["boxes"],
                      "labels": batch["labels"],
                      "dets": [d.cpu().rescaled(s) for d, s in zip(dets, batch["image_sizes"].tolist())]}
-    return out, first
+    return out, first, skipped
 
 
 def coco_array(detections: dict[int, Detections], category_ids: Sequence[int]) -> np.ndarray:
@@ -164,15 +168,17 @@ def evaluate(model, data: DatasetRecords, *, batch_size: int = 8, workers: int =
     device = torch.device(device)
     loader = batches if batches is not None else eval_loader(data, model.cfg.preprocess, batch_size, workers, info.rank,
                                                              info.world_size)
-    dets, first = run_inference(model, loader, device, amp, keep_first_batch=keep_first_batch, progress=progress)
-    parts = all_gather_objects(dets, info)
+    dets, first, skipped = run_inference(model, loader, device, amp, keep_first_batch=keep_first_batch, progress=progress)
+    parts = all_gather_objects((dets, skipped), info)
     if not info.is_main:
         return None
-    dets = {image_id: d for part in parts for image_id, d in part.items()}
+    dets = {image_id: d for part, _ in parts for image_id, d in part.items()}
+    skipped = sorted({path for _, paths in parts for path in paths})
     stats, precision = coco_eval(data, dets)
     ap, ap50 = per_class_ap(precision, data.class_names)
     confusion = confusion_matrix(data, dets, conf) if with_confusion else None
-    return EvalResult(stats, ap, ap50, dets, precision, confusion, first)
+    extra = {"skipped_images": skipped} if skipped else {}
+    return EvalResult(stats, ap, ap50, dets, precision, confusion, first, extra)
 
 
 def coco_results(detections: dict[int, Detections], category_ids: Sequence[int]) -> list[dict]:
@@ -197,11 +203,15 @@ def format_per_class(result: EvalResult, data: DatasetRecords) -> str:
 
 def write_eval_outputs(result: EvalResult, data: DatasetRecords, out_dir: str | os.PathLike, conf: float,
                        plots: bool = True) -> dict[str, Path]:
-    """metrics.json, predictions.json (COCO results), PR curves and confusion matrix PNGs."""
+    """metrics.json, predictions.json (COCO results), PR curves and confusion matrix PNGs, and skipped.txt
+    when images could not be read."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = {"metrics": write_json(out / "metrics.json", result.metrics()),
              "predictions": write_json(out / "predictions.json", coco_results(result.detections, data.category_ids))}
+    skipped = result.extra.get("skipped_images")
+    if skipped:
+        files["skipped"] = atomic_write_text(out / "skipped.txt", "".join(f"{p}\n" for p in skipped))
     if plots:
         files["pr_curves"] = plot_pr_curves(result.precision, data.class_names, out / "PR_curves.png")
         if result.confusion is None:
@@ -242,6 +252,10 @@ def evaluate_detector(detector, data: str | os.PathLike | None = None, split: st
     log(f"{records.split or 'val'}: {len(records)} images, {sum(records.boxes_per_class().values())} boxes")
     log(format_stats(result.stats))
     log(format_per_class(result, records))
+    skipped = result.extra.get("skipped_images", [])
+    if skipped:
+        log(f"{len(skipped)} unreadable image(s) skipped, their boxes counted as missed: "
+            f"{', '.join(skipped[:3])}{', ...' if len(skipped) > 3 else ''} (skipped.txt)")
     log(f"results saved to {out}")
     return {**result.metrics(), "save_dir": str(out)}
 

@@ -1,4 +1,9 @@
-"""``retinadet predict``: images, folders, globs, path lists or videos -> annotated images and predictions.json."""
+"""``retinadet predict``: images, folders, globs, path lists or videos -> annotated images and predictions.
+
+An input that cannot be read is skipped with one line naming it and why, counted, and listed in
+``skipped.txt`` (``strict`` makes it fatal). Detections stream to ``predictions.jsonl`` batch by batch, so
+``resume`` continues an interrupted run with the inputs it had not finished.
+"""
 
 from __future__ import annotations
 
@@ -15,9 +20,10 @@ from tqdm import tqdm
 from retinadet.data.images import read_image
 from retinadet.engine.plots import draw_boxes, save_image
 from retinadet.engine.video import VideoWriter, probe_video, read_video_frames
+from retinadet.errors import DataError
 from retinadet.model.inference import detect_images
-from retinadet.utils.files import increment_run_dir
-from retinadet.utils.prediction_writer import PredictionWriter
+from retinadet.utils.files import increment_run_dir, write_json
+from retinadet.utils.prediction_writer import PredictionWriter, input_key
 from retinadet.utils.sentinels import FROM_CONFIG, FromConfig
 from retinadet.utils.sources import VIDEO_SUFFIXES
 from retinadet.utils.sources import list_sources as _list_sources
@@ -28,6 +34,7 @@ class Frame:
     name: str  # file name (or video stem + frame index)
     image: torch.Tensor  # uint8 [3, H, W]
     source: str
+    image_id: int  # the input's position: in the source listing, or the frame number of a video (from 1)
     frame_index: int | None = None  # set for video frames
 
 
@@ -36,14 +43,33 @@ def list_sources(source: str | os.PathLike) -> list[str]:
     return _list_sources(source, video=probe_video)
 
 
-def iter_frames(files: list[str]) -> Iterator[Frame]:
-    for f in files:
+def iter_frames(files: list[str], writer: PredictionWriter, strict: bool, log) -> Iterator[Frame]:
+    """The inputs not done yet; an unreadable one is fatal with ``strict``, else reported and recorded."""
+    bad_packets = 0
+
+    def skip_packet(message: str) -> None:
+        nonlocal bad_packets
+        bad_packets += 1
+        log(f"skipped: {message}")
+        writer.skip(0, f"{message.split(': ', 1)[0]}@packet{bad_packets}", message)
+
+    for index, f in enumerate(files, start=1):
         if Path(f).suffix.lower() in VIDEO_SUFFIXES:
             stem = Path(f).stem
-            for i, frame in enumerate(read_video_frames(f)):
-                yield Frame(f"{stem}_{i:06d}.jpg", frame, f, i)
-        else:
-            yield Frame(Path(f).name, read_image(f), f)
+            for i, frame in enumerate(read_video_frames(f, None if strict else skip_packet)):
+                yield Frame(f"{stem}_{i:06d}.jpg", frame, f, i + 1, i)
+            continue
+        if writer.is_done(f):
+            continue
+        try:
+            image = read_image(f)
+        except DataError as exc:
+            if strict:
+                raise
+            log(f"skipped: {exc}")
+            writer.skip(index, f, str(exc))
+            continue
+        yield Frame(Path(f).name, image, f, index)
 
 
 def _batches(frames: Iterator[Frame], size: int) -> Iterator[list[Frame]]:
@@ -60,40 +86,54 @@ def _batches(frames: Iterator[Frame], size: int) -> Iterator[list[Frame]]:
 def predict(detector: Any, source: str | os.PathLike, *, conf: float | None = 0.25, iou: float | None = None,
             max_det: int | None | FromConfig = FROM_CONFIG, batch: int = 4, imgsz: int | None = None, amp: Any = False,
             save: bool = True, save_txt: bool = False, save_csv: bool = False, project: str = "runs",
-            name: str | None = None, exist_ok: bool = False, progress: bool = True, log=print) -> dict[str, Any]:
+            name: str | None = None, exist_ok: bool = False, progress: bool = True, log=print, strict: bool = False,
+            resume: str | os.PathLike | None = None, run_args: dict | None = None) -> dict[str, Any]:
     """Run ``detector`` (a :class:`retinadet.detector.Detector`: model, class names, category ids) on
     ``source``; returns counts and the output folder. ``imgsz`` resizes to that size instead of the
-    model's (the detector is left as it is)."""
+    model's (the detector is left as it is). ``resume``: the folder of an interrupted run to finish;
+    ``run_args`` (what the run was asked, for resuming it) go to its ``args.json``."""
     files = list_sources(source)
     model = detector.model
     pre = model.cfg.preprocess
     if imgsz:
         sizes = pre.size_overrides(imgsz)
         pre = dataclasses.replace(pre, **{k.split(".", 1)[1]: v for k, v in sizes.items()})
-    out = increment_run_dir(project, "predict", name, exist_ok)
-    writer = PredictionWriter(out, detector.class_names, detector.category_ids, save_txt=save_txt, save_csv=save_csv)
+    out = Path(resume) if resume is not None else increment_run_dir(project, "predict", name, exist_ok)
+    writer = PredictionWriter(out, detector.class_names, detector.category_ids, save_txt=save_txt, save_csv=save_csv,
+                              resume=resume is not None)
+    if run_args is not None and resume is None:
+        write_json(out / "args.json", run_args)
+    if writer.done:
+        log(f"resuming {out}: {len(writer.done)} input(s) already done")
     videos = any(Path(f).suffix.lower() in VIDEO_SUFFIXES for f in files)
-    bar = tqdm(desc="predict", unit="img", disable=not progress, total=None if videos else len(files))
+    bar = tqdm(desc="predict", unit="img", disable=not progress, total=None if videos else len(files) - len(writer.done))
     drawn_videos: dict[str, VideoWriter] = {}  # one annotated video per video source
     try:
-        for chunk in _batches(iter_frames(files), max(1, batch)):
-            results = detect_images(model, [fr.image for fr in chunk], conf=conf, iou=iou, max_det=max_det, amp=amp,
-                                    class_names=detector.class_names, preprocess=pre)
-            for fr, r in zip(chunk, results):
-                r = r.cpu()
-                writer.add(fr.name, fr.source, r.image_size, r.boxes.tolist(), r.scores.tolist(), r.labels.tolist(),
-                           fr.frame_index)
-                if not save:
-                    continue
-                drawn = draw_boxes(fr.image, r.boxes, r.labels, detector.class_names, r.scores)
-                if fr.frame_index is None:
-                    save_image(drawn, out / (Path(fr.name).stem + ".png"))
-                else:
-                    if fr.source not in drawn_videos:
-                        drawn_videos[fr.source] = VideoWriter(out / (Path(fr.source).stem + ".mp4"), probe_video(fr.source))
-                    drawn_videos[fr.source].write(drawn)
+        for chunk in _batches(iter_frames(files, writer, strict, log), max(1, batch)):
+            # A frame a resumed run already did is drawn from its recorded detections, so the video stays whole.
+            todo = [fr for fr in chunk if not writer.is_done(fr.source, fr.frame_index)]
+            results = detect_images(model, [fr.image for fr in todo], conf=conf, iou=iou, max_det=max_det, amp=amp,
+                                    class_names=detector.class_names, preprocess=pre) if todo else []
+            found = {id(fr): r.cpu() for fr, r in zip(todo, results)}
+            for fr in chunk:
+                r = found.get(id(fr))
+                if r is not None:
+                    writer.add(fr.image_id, fr.name, fr.source, r.image_size, r.boxes.tolist(), r.scores.tolist(),
+                               r.labels.tolist(), fr.frame_index)
+                if save:
+                    boxes, scores, labels = (r.boxes, r.scores, r.labels) if r is not None else _recorded(writer, fr, detector)
+                    drawn = draw_boxes(fr.image, boxes, labels, detector.class_names, scores)
+                    if fr.frame_index is None:
+                        save_image(drawn, out / (Path(fr.name).stem + ".png"))
+                    else:
+                        if fr.source not in drawn_videos:
+                            drawn_videos[fr.source] = VideoWriter(out / (Path(fr.source).stem + ".mp4"),
+                                                                  probe_video(fr.source))
+                        drawn_videos[fr.source].write(drawn)
+            writer.flush()
             bar.update(len(chunk))
     except BaseException:
+        writer.flush()
         for v in drawn_videos.values():
             v.abort()
         raise
@@ -102,6 +142,17 @@ def predict(detector: Any, source: str | os.PathLike, *, conf: float | None = 0.
     for v in drawn_videos.values():
         v.close()
     result = writer.close()
-    log(writer.summary())
-    log(f"results saved to {out}")
+    for line in (writer.summary(), f"results saved to {out}"):
+        log(line)
+    if result["images"] == 0 and result["skipped"]:
+        raise DataError(f"none of the {result['skipped']} input(s) could be read; see {out / 'skipped.txt'}")
     return result
+
+
+def _recorded(writer: PredictionWriter, frame: Frame, detector: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The detections a resumed run recorded for ``frame``, as tensors to draw."""
+    dets = writer.done[input_key(frame.source, frame.frame_index)]["detections"]
+    index = {c: i for i, c in enumerate(writer.category_ids)}
+    boxes = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (d["bbox"] for d in dets)], dtype=torch.float32)
+    return (boxes.reshape(-1, 4), torch.tensor([d["score"] for d in dets]),
+            torch.tensor([index[d["category_id"]] for d in dets], dtype=torch.int64))

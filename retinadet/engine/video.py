@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -38,13 +38,25 @@ def probe_video(path: str) -> float:
     return float(rate) if rate else 25.0
 
 
-def read_video_frames(path: str) -> Iterator[torch.Tensor]:
-    """uint8 [3, H, W] RGB frames, in order."""
+def read_video_frames(path: str, on_error: Callable[[str], None] | None = None) -> Iterator[torch.Tensor]:
+    """uint8 [3, H, W] RGB frames, in order. A packet that does not decode is fatal, or, given ``on_error``,
+    reported to it (one message naming the file and the frame position) and passed over."""
     av = _av()
     try:
         with av.open(path) as container:
-            for frame in container.decode(video=0):
-                yield torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1).contiguous()
+            stream = container.streams.video[0]
+            decoded = 0
+            for packet in container.demux(stream):
+                try:
+                    frames = packet.decode()
+                except av.FFmpegError as exc:
+                    if on_error is None:
+                        raise
+                    on_error(f"{path}: undecodable data after frame {decoded} ({exc})")
+                    continue
+                for frame in frames:
+                    decoded += 1
+                    yield torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1).contiguous()
     except av.FFmpegError as exc:
         raise DataError(f"{path}: video decoding failed ({exc})") from None
 

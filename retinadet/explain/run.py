@@ -10,11 +10,11 @@ from typing import Any
 
 import numpy as np
 
-from retinadet.errors import RetinadetError
+from retinadet.errors import DataError, RetinadetError
 from retinadet.explain.api import NoDetectionsError, explain
 from retinadet.explain.cam import check_options
 from retinadet.explain.render import save_png
-from retinadet.utils.files import increment_run_dir, write_json
+from retinadet.utils.files import atomic_write_text, increment_run_dir, write_json
 from retinadet.utils.sentinels import FROM_CONFIG, FromConfig
 from retinadet.utils.sources import VIDEO_SUFFIXES, list_sources
 
@@ -27,20 +27,22 @@ def run_cam(detector: Any, source: str | os.PathLike, *, method: str = "gradcam"
             topk: int | None = 5, class_name: str | None = None, box_index: int | None = None, target: str = "cls",
             conf: float | None = 0.25, iou: float | None = None, max_det: int | None | FromConfig = FROM_CONFIG,
             norm_stats: str = "detach", save_npy: bool = False, project: str | os.PathLike = "runs",
-            name: str | None = None, exist_ok: bool = False, log: Callable[[str], None] = print) -> dict:
+            name: str | None = None, exist_ok: bool = False, log: Callable[[str], None] = print,
+            strict: bool = False) -> dict:
     """Explain ``detector``'s (a :class:`retinadet.detector.Detector`) detections on ``source``. Per image with
     detections: ``<stem>_det<i>_<class>.png`` per explained detection, ``<stem>_grid.png``, optionally
     ``<stem>_det<i>.npy`` (raw heatmap, original pixels), and ``cam.json`` for the run.
 
     Images without detections are reported and skipped; when no image has any, raises
-    :class:`NoDetectionsError` (the CLI exits non-zero) and writes no run folder.
+    :class:`NoDetectionsError` (the CLI exits non-zero) and writes no run folder. An unreadable image is
+    reported, skipped and listed in ``skipped.txt`` (``strict``: the first one is fatal).
     """
     check_options(method, layer, target, norm_stats)
     files = list_sources(source)
     if len(files) == 1 and Path(files[0]).suffix.lower() in VIDEO_SUFFIXES:
         raise RetinadetError(f"{files[0]}: retinadet cam explains images, not videos")
     out: Path | None = None
-    records, skipped = [], []
+    records, skipped, unreadable = [], [], []
     n_det, fwd_ms, bwd_ms = 0, [], []
     for path in files:
         try:
@@ -49,6 +51,12 @@ def run_cam(detector: Any, source: str | os.PathLike, *, method: str = "gradcam"
                           norm_stats=norm_stats)
         except NoDetectionsError as exc:
             skipped.append(path)
+            log(f"skipped: {exc}")
+            continue
+        except DataError as exc:  # the file itself: missing, empty, truncated, not an image
+            if strict:
+                raise
+            unreadable.append((path, str(exc)))
             log(f"skipped: {exc}")
             continue
         if out is None:
@@ -70,17 +78,24 @@ def run_cam(detector: Any, source: str | os.PathLike, *, method: str = "gradcam"
         n_det += len(exp)
         fwd_ms.append(exp.timing["forward_ms"])
         bwd_ms.extend(exp.timing["backward_ms"])
+    if out is None and unreadable and len(unreadable) == len(files):
+        raise DataError(f"none of the {len(files)} image(s) at {source} could be read (first: {unreadable[0][1]})")
     if out is None:
         what = "the image" if len(files) == 1 else f"any of the {len(files)} images"
         thresh = "the model's threshold" if conf is None else f"--conf {conf:g}"
         raise NoDetectionsError(f"no detections above {thresh} in {what} at {source}; nothing to explain (try a lower --conf)")
     summary = {"method": method, "layer": layer, "target": target, "norm_stats": norm_stats, "conf": conf,
-               "images": len(files) - len(skipped), "skipped": skipped, "detections": records,
+               "images": len(files) - len(skipped) - len(unreadable), "skipped": skipped,
+               "unreadable": [{"file_name": p, "reason": r} for p, r in unreadable], "detections": records,
                "forward_ms_mean": float(np.mean(fwd_ms)),
                "backward_ms_per_detection": float(np.mean(bwd_ms)) if bwd_ms else None}
     write_json(out / "cam.json", summary)
+    if unreadable:
+        atomic_write_text(out / "skipped.txt", "".join(f"{p}\t{r}\n" for p, r in unreadable))
     per_det = f", {summary['backward_ms_per_detection']:.1f} ms backward per detection" if bwd_ms else ""
     log(f"{method} ({layer}, target {target}): {n_det} detection(s) in {summary['images']} image(s); "
         f"forward {summary['forward_ms_mean']:.1f} ms per image{per_det}")
+    if unreadable:
+        log(f"{len(unreadable)} unreadable image(s) skipped (skipped.txt)")
     log(f"results saved to {out}")
-    return {"save_dir": str(out), "detections": n_det, "skipped": skipped}
+    return {"save_dir": str(out), "detections": n_det, "skipped": skipped, "unreadable": len(unreadable)}

@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 from retinadet.errors import DataError, RetinadetError
 from retinadet.export.errors import ExportError
 from retinadet.utils import resize as rule
-from retinadet.utils.files import increment_run_dir
+from retinadet.utils.files import increment_run_dir, write_json
 from retinadet.utils.prediction_writer import PredictionWriter
 from retinadet.utils.sentinels import FROM_CONFIG, FromConfig
 from retinadet.utils.sources import list_sources
@@ -290,37 +290,58 @@ def predict_onnx(weights: Any, source: str | os.PathLike, *, conf: float | None 
                  max_det: int | None | FromConfig = FROM_CONFIG, batch: int = 4, imgsz: int | None = None,
                  save: bool = True, save_txt: bool = False, save_csv: bool = False, project: str = "runs",
                  name: str | None = None, exist_ok: bool = False, progress: bool = True, log=print,
-                 amp: Any = False) -> dict[str, Any]:
-    """``retinadet predict`` for ``.onnx`` weights: the same folder layout, files and drawing. ``amp`` is
-    accepted for the same signature as the torch path; the exported graph runs in its own precision."""
+                 amp: Any = False, strict: bool = False, resume: str | os.PathLike | None = None,
+                 run_args: dict | None = None) -> dict[str, Any]:
+    """``retinadet predict`` for ``.onnx`` weights: the same folder layout, files, skipping of unreadable
+    inputs and resumption. ``amp`` is accepted for the same signature as the torch path; the exported
+    graph runs in its own precision."""
     files = list_sources(source)
     det = weights if isinstance(weights, OnnxDetector) else OnnxDetector(weights)
     if imgsz:
         det.preprocess_cfg["min_size"] = det.preprocess_cfg["max_size"] = int(imgsz)
         if det.preprocess_cfg.get("fixed_size") is not None:
             det.preprocess_cfg["fixed_size"] = int(imgsz)
-    out = increment_run_dir(project, "predict", name, exist_ok)
-    writer = PredictionWriter(out, det.class_names, det.category_ids, save_txt=save_txt, save_csv=save_csv)
+    out = Path(resume) if resume is not None else increment_run_dir(project, "predict", name, exist_ok)
+    writer = PredictionWriter(out, det.class_names, det.category_ids, save_txt=save_txt, save_csv=save_csv,
+                              resume=resume is not None)
+    if run_args is not None and resume is None:
+        write_json(out / "args.json", run_args)
+    todo = [(i, f) for i, f in enumerate(files, start=1) if not writer.is_done(f)]
     try:
         from tqdm import tqdm
     except ImportError:  # tqdm is optional for the light runner
         tqdm = None
-    bar = tqdm(desc="predict", unit="img", total=len(files), disable=not progress) if tqdm else None
-    for start in range(0, len(files), max(1, batch)):
-        chunk = files[start:start + max(1, batch)]
-        arrays = [read_image(f) for f in chunk]
-        results = det.predict(arrays, conf=conf, iou=iou, max_det=max_det, batch_size=len(chunk), sources=chunk)
-        for f, img, r in zip(chunk, arrays, results):
-            writer.add(Path(f).name, f, r.image_size, r.boxes.tolist(), r.scores.tolist(), r.labels.tolist())
-            if save:
-                save_image(draw_boxes(img, r.boxes, r.labels, det.class_names, r.scores), out / (Path(f).stem + ".png"))
+    bar = tqdm(desc="predict", unit="img", total=len(todo), disable=not progress) if tqdm else None
+    try:
+        for start in range(0, len(todo), max(1, batch)):
+            chunk, arrays = [], []
+            for index, f in todo[start:start + max(1, batch)]:
+                try:
+                    arrays.append(read_image(f))
+                    chunk.append((index, f))
+                except DataError as exc:
+                    if strict:
+                        raise
+                    log(f"skipped: {exc}")
+                    writer.skip(index, f, str(exc))
+            results = det.predict(arrays, conf=conf, iou=iou, max_det=max_det, batch_size=max(1, len(chunk)),
+                                  sources=[f for _, f in chunk]) if chunk else []
+            for (index, f), img, r in zip(chunk, arrays, results):
+                writer.add(index, Path(f).name, f, r.image_size, r.boxes.tolist(), r.scores.tolist(), r.labels.tolist())
+                if save:
+                    save_image(draw_boxes(img, r.boxes, r.labels, det.class_names, r.scores), out / (Path(f).stem + ".png"))
+            writer.flush()
+            if bar is not None:
+                bar.update(len(todo[start:start + max(1, batch)]))
+    finally:
+        writer.flush()
         if bar is not None:
-            bar.update(len(chunk))
-    if bar is not None:
-        bar.close()
+            bar.close()
     result = writer.close()
     log(writer.summary())
     log(f"results saved to {out}")
+    if result["images"] == 0 and result["skipped"]:
+        raise DataError(f"none of the {result['skipped']} input(s) could be read; see {out / 'skipped.txt'}")
     return result
 
 
@@ -344,12 +365,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--project", default="runs")
     ap.add_argument("--name", default=None)
     ap.add_argument("--exist-ok", action="store_true")
+    ap.add_argument("--strict", action="store_true", help="stop at the first unreadable image instead of skipping it")
     args = ap.parse_args(argv)
     try:
         predict_onnx(args.weights, args.source, conf=args.conf, iou=args.iou,
                      max_det=FROM_CONFIG if args.max_det is None else args.max_det, batch=args.batch, imgsz=args.imgsz,
                      save=not args.nosave, save_txt=args.save_txt, save_csv=args.save_csv, project=args.project,
-                     name=args.name, exist_ok=args.exist_ok, progress=False)
+                     name=args.name, exist_ok=args.exist_ok, progress=False, strict=args.strict)
     except RetinadetError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 2

@@ -1,5 +1,5 @@
 """Data structures shared by every layer: the one detection type."""
 
-from retinadet.structures.detections import Detections
+from retinadet.structures.detections import Detections, DetectionsList
 
-__all__ = ["Detections"]
+__all__ = ["Detections", "DetectionsList"]

@@ -77,3 +77,12 @@ class Detections:
         names = self.class_names
         return [{"bbox": box, "score": s, "label": lb, "class_name": names[lb] if names else str(lb)}
                 for box, s, lb in zip(self.xywh().tolist(), self.scores.tolist(), self.labels.tolist())]
+
+
+class DetectionsList(list):
+    """:class:`Detections` of the inputs that could be read, in input order, and ``skipped``: the
+    (input, reason) pairs of those that could not (``Detector.predict(..., skip_errors=True)``)."""
+
+    def __init__(self, items=(), skipped: Sequence[tuple[str, str]] = ()):
+        super().__init__(items)
+        self.skipped = list(skipped)

@@ -55,6 +55,7 @@ def test_onnx_predict_without_torch_matches_torch_path(models, exported, bccd_pa
     source.mkdir()
     for p in bccd_paths:
         os.symlink(p, source / Path(p).name)
+    (source / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")  # skipped by both paths
     # torch path
     predict(Detector(models("fast"), CLASS_NAMES, device="cpu"), str(source), conf=0.05, batch=2,
             project=str(tmp_path / "runs"), name="torch", exist_ok=True, progress=False, log=lambda *_: None)
@@ -71,6 +72,9 @@ def test_onnx_predict_without_torch_matches_torch_path(models, exported, bccd_pa
     ref = json.loads((out_t / "predictions.json").read_text())
     got = json.loads((out_o / "predictions.json").read_text())
     assert len(ref) == len(got) > 0
+    for out in (out_t, out_o):
+        assert "broken.jpg" in (out / "skipped.txt").read_text()
+    assert "broken.jpg" not in {r["file_name"] for r in got}
     # Pair records by nearest box within (image, class): near-tied scores may be listed in either order.
     groups: dict = {}
     for g in got:
