@@ -22,7 +22,8 @@ from retinadet.model.inference import detect_images
 from retinadet.structures import Detections, DetectionsList
 from retinadet.utils.device import resolve_device
 from retinadet.utils.sentinels import FROM_CONFIG, FromConfig
-from retinadet.weights.resolve import load_weights
+from retinadet.weights.checkpoint import save_checkpoint
+from retinadet.weights.resolve import load_checkpoint, load_weights
 
 
 def _as_list(sources) -> tuple[list, bool]:
@@ -50,6 +51,7 @@ class Detector:
             raise ConfigError(f"{len(self.class_names)} class names given for a model with {k} classes")
         self.category_ids = list(category_ids) if category_ids is not None else None
         self.checkpoint = checkpoint or {}
+        self.path: str | None = None  # the weights file, when loaded from one
 
     @classmethod
     def from_config(cls, spec: str | ModelConfig, class_names: Sequence[str], device=None, overrides=None) -> Detector:
@@ -109,10 +111,25 @@ class Detector:
         :func:`retinadet.explain.explain` for the options."""
         return explain(self, image, **options)
 
-    def val(self, data=None, split=None, **options) -> dict:
-        """COCO metrics on a dataset split (default: the val split recorded in the checkpoint);
-        see :func:`retinadet.engine.evaluate.evaluate_detector` for the options."""
-        return evaluate_mod.evaluate_detector(self, data, split, **options)
+    def val(self, data=None, split=None, save_thresholds: bool = False, **options) -> dict:
+        """COCO metrics, FROC and operating points on a dataset split (default: the val split recorded in the
+        checkpoint); see :func:`retinadet.engine.evaluate.evaluate_detector` for the options.
+        ``save_thresholds`` stores the per-class thresholds of ``operating_point`` in the checkpoint file, where
+        ``predict`` and the ONNX export find them."""
+        if save_thresholds and not options.get("operating_point"):
+            raise ConfigError("--save-thresholds needs --operating-point (fppi=F, sensitivity=S or f1)")
+        if save_thresholds and not (self.path and self.path.endswith(".pt")):
+            raise ConfigError(f"--save-thresholds writes into a retinadet .pt checkpoint, not {self.path or 'an in-memory model'}")
+        metrics = evaluate_mod.evaluate_detector(self, data, split, **options)
+        if save_thresholds:
+            chosen = metrics["operating_point"]
+            self.checkpoint["thresholds"] = {"spec": chosen["spec"], "split": chosen["split"], "hit": chosen["hit"],
+                                             "per_class": {k: v["threshold"] for k, v in chosen["per_class"].items()}}
+            ckpt = load_checkpoint(self.path)
+            ckpt["thresholds"] = self.checkpoint["thresholds"]
+            save_checkpoint(self.path, ckpt)
+            options.get("log", print)(f"thresholds ({chosen['spec']} on {chosen['split']}) saved in {self.path}")
+        return metrics
 
     def __repr__(self) -> str:
         return f"Detector(preset={self.cfg.preset}, classes={self.class_names}, device={self.device})"
@@ -122,7 +139,9 @@ def load(spec: str | os.PathLike, class_names: Sequence[str] | str | None = None
     """A ready :class:`Detector` from any weights spec: our .pt or safetensors, a torchvision or seed
     file (seed files need ``class_names``), or ``torchvision:retinanet_resnet50_fpn[_v2]_coco``."""
     w = load_weights(spec, class_names)
-    return Detector(w.model, w.class_names, device, category_ids=w.category_ids, checkpoint=w.checkpoint)
+    det = Detector(w.model, w.class_names, device, category_ids=w.category_ids, checkpoint=w.checkpoint)
+    det.path = os.fspath(spec)
+    return det
 
 
 # What a predict run records in its args.json, to be resumed with the same options.

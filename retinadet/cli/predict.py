@@ -13,7 +13,8 @@ OPTIONS = {"conf": "conf", "iou": "iou", "max_det": "max_det", "batch": "batch",
 @click.command("predict")
 @click.option("--weights", default=None, help="Weights (a retinadet .pt, or anything `retinadet.load` reads).")
 @click.option("--source", default=None, help="An image, a folder, a glob, a .txt file of paths, or a video.")
-@click.option("--conf", type=float, default=0.25, show_default=True, help="Score threshold.")
+@click.option("--conf", type=float, default=None,
+              help="Score threshold [default: the checkpoint's per-class thresholds (val --save-thresholds), else 0.25].")
 @click.option("--iou", type=float, default=None, help="NMS IoU (default: the model's).")
 @click.option("--max-det", type=int, default=None, help="Detections per image (default: the model's).")
 @click.option("--batch", type=int, default=4, show_default=True)

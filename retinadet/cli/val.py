@@ -17,8 +17,15 @@ import click
 @click.option("--name", default=None, help="Run name under PROJECT/val. [default: exp]")
 @click.option("--exist-ok", is_flag=True)
 @click.option("--no-plots", "plots", flag_value=False, default=True)
-def command(weights, data, split, batch, conf, device, workers, project, name, exist_ok, plots) -> None:
-    """Evaluate WEIGHTS: 12 COCO stats, per-class AP, PR curves, confusion matrix, metrics.json, predictions."""
+@click.option("--froc-hit", default="iou:0.5", show_default=True,
+              help="When a detection finds a lesion: iou:T (IoU at least T) or center (its centre inside the box).")
+@click.option("--operating-point", default=None,
+              help="Choose a score threshold per class on this split: fppi=F, sensitivity=S or f1.")
+@click.option("--save-thresholds", is_flag=True, help="Store the operating point's thresholds in the checkpoint "
+              "(predict and export use them).")
+def command(weights, data, split, batch, conf, device, workers, project, name, exist_ok, plots, froc_hit, operating_point,
+            save_thresholds) -> None:
+    """Evaluate WEIGHTS: 12 COCO stats, per-class AP, FROC, PR curves, confusion matrix, metrics.json, predictions."""
     # Imported here: `retinadet --help` loads every command module, and should not load torch.
     import torch
 
@@ -26,8 +33,9 @@ def command(weights, data, split, batch, conf, device, workers, project, name, e
     from retinadet.errors import RetinadetError
 
     try:
-        load(weights).val(data, split, batch=batch, workers=workers, device=device, conf=conf, plots=plots,
-                          project=project, name=name, exist_ok=exist_ok, log=click.echo, progress=True)
+        load(weights).val(data, split, save_thresholds=save_thresholds, batch=batch, workers=workers, device=device,
+                          conf=conf, plots=plots, project=project, name=name, exist_ok=exist_ok, log=click.echo,
+                          progress=True, froc_hit=froc_hit, operating_point=operating_point)
     except torch.OutOfMemoryError as exc:
         raise RetinadetError(f"out of memory during evaluation ({str(exc).splitlines()[0][:120]}); "
                              "try a smaller --batch") from exc

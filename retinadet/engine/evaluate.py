@@ -20,8 +20,17 @@ from retinadet.data.formats.coco import coco_api
 from retinadet.data.records import DatasetRecords
 from retinadet.engine.datasets import eval_split
 from retinadet.engine.distributed import DistInfo, all_gather_objects
+from retinadet.engine.froc import HitRule, froc_of_match, match_lesions
 from retinadet.engine.loaders import eval_loader
-from retinadet.engine.plots import plot_confusion, plot_pr_curves
+from retinadet.engine.operating_point import (
+    OperatingPoint,
+    at_thresholds,
+    choose_thresholds,
+    format_operating_point,
+    overall,
+    uncalibrated,
+)
+from retinadet.engine.plots import plot_confusion, plot_froc, plot_pr_curves
 from retinadet.errors import ConfigError
 from retinadet.model.inference import detect_batch
 from retinadet.model.preprocess import InputBatch
@@ -192,6 +201,16 @@ def format_stats(stats: dict[str, float]) -> str:
     return "\n".join(f"  {name:<6} {label:<{width}}  {stats[name]:.4f}" for name, label in zip(STAT_NAMES, STAT_LABELS))
 
 
+def format_froc(f: dict) -> str:
+    points = "  ".join(f"{p:g}: {v:.3f}" for p, v in zip(f["fppi"], f["sensitivity"]))
+    lines = [f"FROC (hit {f['hit']}; sensitivity at false positives per image {points})",
+             f"  all classes  score {f['score']:.4f}  95% CI [{f['ci95'][0]:.4f}, {f['ci95'][1]:.4f}]  "
+             f"({f['lesions']} lesions, {f['images']} images)"]
+    for name, part in f["per_class"].items():
+        lines.append(f"  {name:11}  score {part['score']:.4f}  95% CI [{part['ci95'][0]:.4f}, {part['ci95'][1]:.4f}]")
+    return "\n".join(lines)
+
+
 def format_per_class(result: EvalResult, data: DatasetRecords) -> str:
     counts = data.boxes_per_class()
     w = max(8, max(len(n) for n in data.class_names))
@@ -217,6 +236,8 @@ def write_eval_outputs(result: EvalResult, data: DatasetRecords, out_dir: str | 
         if result.confusion is None:
             result.confusion = confusion_matrix(data, result.detections, conf)
         files["confusion"] = plot_confusion(result.confusion, data.class_names, out / "confusion_matrix.png", conf)
+        if "froc" in result.extra:
+            files["froc"] = plot_froc(result.extra["froc"], out / "FROC.png")
     return files
 
 
@@ -224,13 +245,18 @@ def evaluate_detector(detector, data: str | os.PathLike | None = None, split: st
                       batch: int | None = None, workers: int = 0, device: str | None = None, amp: Any = False,
                       conf: float = 0.25, save_dir: str | os.PathLike | None = None, plots: bool = True,
                       project: str = "runs", name: str | None = None, exist_ok: bool = False,
-                      log=print, progress: bool = False) -> dict[str, Any]:
-    """``Detector.val``: COCO metrics of a loaded detector on a dataset split.
+                      log=print, progress: bool = False, froc_hit: str = "iou:0.5",
+                      operating_point: str | None = None) -> dict[str, Any]:
+    """``Detector.val``: COCO metrics, FROC and operating points of a loaded detector on a dataset split.
 
     Without ``data`` the dataset (and val split, carved or not) recorded in the checkpoint is
-    used, with the validation batch size recorded there. Writes outputs to ``save_dir`` (or a
-    new ``<project>/val/<name>``) and returns the metrics dict.
+    used, with the validation batch size recorded there. ``froc_hit``: when a detection finds a lesion
+    (``iou:T`` or ``center``). ``operating_point`` (``fppi=F``, ``sensitivity=S``, ``f1``) chooses a score
+    threshold per class on this split; thresholds stored in the checkpoint are reported as reached here.
+    Writes outputs to ``save_dir`` (or a new ``<project>/val/<name>``) and returns the metrics dict.
     """
+    rule = HitRule.parse(froc_hit)  # bad options fail before any inference
+    point = OperatingPoint.parse(operating_point) if operating_point else None
     ck = detector.checkpoint or {}
     if data is None:
         info = ck.get("data")
@@ -247,11 +273,35 @@ def evaluate_detector(detector, data: str | os.PathLike | None = None, split: st
         detector.to(device)
     result = evaluate(detector.model, records, batch_size=batch, workers=workers, device=detector.device, amp=amp,
                       conf=conf, progress=progress)
+    match = match_lesions(records, result.detections, rule)
+    result.extra["froc"] = froc_of_match(match, records.class_names, rule)
+    split_name = records.split or "val"
+    reports = []
+    if point is not None:
+        chosen = choose_thresholds(match, records.class_names, point)
+        skipped = uncalibrated(match, records.class_names)
+        result.extra["operating_point"] = {"spec": str(point), "split": split_name, "hit": str(rule), "per_class": chosen,
+                                           "overall": overall(chosen, match, records.class_names),
+                                           "not_calibrated": skipped}
+        reports.append(format_operating_point(f"operating point {point} chosen on {split_name} (hit {rule}):", chosen,
+                                              result.extra["operating_point"]["overall"], skipped))
+    stored = ck.get("thresholds")
+    if isinstance(stored, dict) and stored.get("per_class"):
+        reached = at_thresholds(match, records.class_names, stored["per_class"])
+        result.extra["at_stored_thresholds"] = {"chosen": f"{stored.get('spec')} on {stored.get('split')}",
+                                                "per_class": reached,
+                                                "overall": overall(reached, match, records.class_names)}
+        reports.append(format_operating_point(
+            f"at the checkpoint's thresholds ({stored.get('spec')} on {stored.get('split')}), on {split_name}:",
+            reached, result.extra["at_stored_thresholds"]["overall"]))
     out = Path(save_dir) if save_dir else increment_run_dir(project, "val", name, exist_ok)
     write_eval_outputs(result, records, out, conf, plots)
-    log(f"{records.split or 'val'}: {len(records)} images, {sum(records.boxes_per_class().values())} boxes")
+    log(f"{split_name}: {len(records)} images, {sum(records.boxes_per_class().values())} boxes")
     log(format_stats(result.stats))
     log(format_per_class(result, records))
+    log(format_froc(result.extra["froc"]))
+    for report in reports:
+        log(report)
     skipped = result.extra.get("skipped_images", [])
     if skipped:
         log(f"{len(skipped)} unreadable image(s) skipped, their boxes counted as missed: "

@@ -73,6 +73,31 @@ def plot_pr_curves(precision: np.ndarray | None, class_names: Sequence[str], pat
     return out
 
 
+def plot_froc(froc: dict, path: str | os.PathLike) -> Path:
+    """Sensitivity against false positives per image (log scale), over all classes and per class, with the
+    FROC points marked (``froc`` is the ``froc`` section of metrics.json)."""
+    fig = _figure((7, 5))
+    ax = fig.subplots()
+    curves = [("all classes", froc)] + list(froc.get("per_class", {}).items())
+    for i, (name, part) in enumerate(curves):
+        fppi, sens = np.asarray(part["curve"]["fppi"]), np.asarray(part["curve"]["sensitivity"])
+        keep = fppi > 0
+        style = {"color": "black", "linewidth": 2} if i == 0 else {"linewidth": 1}
+        lo, hi = part["ci95"]
+        ax.plot(fppi[keep], sens[keep], label=f"{name}: FROC {part['score']:.3f} [{lo:.3f}, {hi:.3f}]", **style)
+        ax.scatter(part["fppi"], part["sensitivity"], s=12, color=style.get("color"), zorder=3)
+    ax.set_xscale("log")
+    ax.set_xlim(froc["fppi"][0] / 2, froc["fppi"][-1] * 2)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("false positives per image")
+    ax.set_ylabel("sensitivity (lesions found)")
+    ax.set_title(f"FROC (hit: {froc['hit']}; score = mean sensitivity at the marked points, 95% CI)")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def plot_confusion(matrix: np.ndarray, class_names: Sequence[str], path: str | os.PathLike, conf: float, iou: float = 0.5) -> Path:
     """Rows: predicted class (+ background = missed GT); columns: true class (+ background = false positive)."""
     names = list(class_names) + ["background"]

@@ -27,6 +27,7 @@ from retinadet.utils.prediction_writer import PredictionWriter, input_key
 from retinadet.utils.sentinels import FROM_CONFIG, FromConfig
 from retinadet.utils.sources import VIDEO_SUFFIXES
 from retinadet.utils.sources import list_sources as _list_sources
+from retinadet.utils.thresholds import resolve_thresholds
 
 
 @dataclass
@@ -83,16 +84,22 @@ def _batches(frames: Iterator[Frame], size: int) -> Iterator[list[Frame]]:
         yield buf
 
 
-def predict(detector: Any, source: str | os.PathLike, *, conf: float | None = 0.25, iou: float | None = None,
+def predict(detector: Any, source: str | os.PathLike, *, conf: float | None = None, iou: float | None = None,
             max_det: int | None | FromConfig = FROM_CONFIG, batch: int = 4, imgsz: int | None = None, amp: Any = False,
             save: bool = True, save_txt: bool = False, save_csv: bool = False, project: str = "runs",
             name: str | None = None, exist_ok: bool = False, progress: bool = True, log=print, strict: bool = False,
             resume: str | os.PathLike | None = None, run_args: dict | None = None) -> dict[str, Any]:
     """Run ``detector`` (a :class:`retinadet.detector.Detector`: model, class names, category ids) on
-    ``source``; returns counts and the output folder. ``imgsz`` resizes to that size instead of the
+    ``source``; returns counts and the output folder. ``conf`` None: the per-class thresholds stored in the
+    checkpoint (``val --save-thresholds``), else 0.25. ``imgsz`` resizes to that size instead of the
     model's (the detector is left as it is). ``resume``: the folder of an interrupted run to finish;
     ``run_args`` (what the run was asked, for resuming it) go to its ``args.json``."""
     files = list_sources(source)
+    conf, per_class, message = resolve_thresholds(detector.class_names,
+                                                  (getattr(detector, "checkpoint", None) or {}).get("thresholds"), conf)
+    if message:
+        log(message)
+    per_class = torch.tensor(per_class) if per_class is not None else None
     model = detector.model
     pre = model.cfg.preprocess
     if imgsz:
@@ -115,6 +122,8 @@ def predict(detector: Any, source: str | os.PathLike, *, conf: float | None = 0.
             results = detect_images(model, [fr.image for fr in todo], conf=conf, iou=iou, max_det=max_det, amp=amp,
                                     class_names=detector.class_names, preprocess=pre) if todo else []
             found = {id(fr): r.cpu() for fr, r in zip(todo, results)}
+            if per_class is not None:
+                found = {k: r[r.scores >= per_class[r.labels]] for k, r in found.items()}
             for fr in chunk:
                 r = found.get(id(fr))
                 if r is not None:
@@ -156,3 +165,4 @@ def _recorded(writer: PredictionWriter, frame: Frame, detector: Any) -> tuple[to
     boxes = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (d["bbox"] for d in dets)], dtype=torch.float32)
     return (boxes.reshape(-1, 4), torch.tensor([d["score"] for d in dets]),
             torch.tensor([index[d["category_id"]] for d in dets], dtype=torch.int64))
+

@@ -27,6 +27,7 @@ from retinadet.utils.files import increment_run_dir, write_json
 from retinadet.utils.prediction_writer import PredictionWriter
 from retinadet.utils.sentinels import FROM_CONFIG, FromConfig
 from retinadet.utils.sources import list_sources
+from retinadet.utils.thresholds import resolve_thresholds
 
 META_PREFIX = "retinadet."
 
@@ -286,7 +287,7 @@ def save_image(image: np.ndarray, path: str | os.PathLike) -> Path:
 # ----------------------------------------------------------------------------- predict
 
 
-def predict_onnx(weights: Any, source: str | os.PathLike, *, conf: float | None = 0.25, iou: float | None = None,
+def predict_onnx(weights: Any, source: str | os.PathLike, *, conf: float | None = None, iou: float | None = None,
                  max_det: int | None | FromConfig = FROM_CONFIG, batch: int = 4, imgsz: int | None = None,
                  save: bool = True, save_txt: bool = False, save_csv: bool = False, project: str = "runs",
                  name: str | None = None, exist_ok: bool = False, progress: bool = True, log=print,
@@ -297,6 +298,10 @@ def predict_onnx(weights: Any, source: str | os.PathLike, *, conf: float | None 
     graph runs in its own precision."""
     files = list_sources(source)
     det = weights if isinstance(weights, OnnxDetector) else OnnxDetector(weights)
+    conf, per_class, message = resolve_thresholds(det.class_names, det.meta.get("thresholds"), conf,
+                                                  floor=det.score_thresh)
+    if message:
+        log(message)
     if imgsz:
         det.preprocess_cfg["min_size"] = det.preprocess_cfg["max_size"] = int(imgsz)
         if det.preprocess_cfg.get("fixed_size") is not None:
@@ -327,6 +332,10 @@ def predict_onnx(weights: Any, source: str | os.PathLike, *, conf: float | None 
             results = det.predict(arrays, conf=conf, iou=iou, max_det=max_det, batch_size=max(1, len(chunk)),
                                   sources=[f for _, f in chunk]) if chunk else []
             for (index, f), img, r in zip(chunk, arrays, results):
+                if per_class is not None:
+                    keep = r.scores >= np.asarray(per_class, dtype=np.float32)[r.labels]
+                    r = NumpyDetections(r.boxes[keep], r.scores[keep], r.labels[keep], r.image_size, r.class_names,
+                                        r.source)
                 writer.add(index, Path(f).name, f, r.image_size, r.boxes.tolist(), r.scores.tolist(), r.labels.tolist())
                 if save:
                     save_image(draw_boxes(img, r.boxes, r.labels, det.class_names, r.scores), out / (Path(f).stem + ".png"))
@@ -354,7 +363,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m retinadet.export.onnx_runtime", description=main.__doc__.splitlines()[0])
     ap.add_argument("--weights", required=True, help="an exported .onnx model")
     ap.add_argument("--source", required=True, help="an image, a folder, a glob or a .txt list of paths")
-    ap.add_argument("--conf", type=float, default=0.25)
+    ap.add_argument("--conf", type=float, default=None, help="score threshold [default: the exported model's "
+                    "per-class thresholds, else 0.25]")
     ap.add_argument("--iou", type=float, default=None)
     ap.add_argument("--max-det", type=int, default=None)
     ap.add_argument("--batch", type=int, default=4)
