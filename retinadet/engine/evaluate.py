@@ -30,7 +30,8 @@ from retinadet.engine.operating_point import (
     overall,
     uncalibrated,
 )
-from retinadet.engine.plots import plot_confusion, plot_froc, plot_pr_curves
+from retinadet.engine.plots import plot_confusion, plot_froc, plot_pr_curves, plot_roc
+from retinadet.engine.screening import format_screening, screening
 from retinadet.errors import ConfigError
 from retinadet.model.inference import detect_batch
 from retinadet.model.preprocess import InputBatch
@@ -238,6 +239,8 @@ def write_eval_outputs(result: EvalResult, data: DatasetRecords, out_dir: str | 
         files["confusion"] = plot_confusion(result.confusion, data.class_names, out / "confusion_matrix.png", conf)
         if "froc" in result.extra:
             files["froc"] = plot_froc(result.extra["froc"], out / "FROC.png")
+        if "screening" in result.extra:
+            files["roc"] = plot_roc(result.extra["screening"], out / "ROC.png")
     return files
 
 
@@ -294,6 +297,11 @@ def evaluate_detector(detector, data: str | os.PathLike | None = None, split: st
         reports.append(format_operating_point(
             f"at the checkpoint's thresholds ({stored.get('spec')} on {stored.get('split')}), on {split_name}:",
             reached, result.extra["at_stored_thresholds"]["overall"]))
+    thresholds = (result.extra["operating_point"]["per_class"] if point is not None else
+                  result.extra.get("at_stored_thresholds", {}).get("per_class"))
+    result.extra["screening"] = screening(records, result.detections,
+                                          {k: v["threshold"] for k, v in thresholds.items()} if thresholds else None)
+    reports.append(format_screening(result.extra["screening"]))
     out = Path(save_dir) if save_dir else increment_run_dir(project, "val", name, exist_ok)
     write_eval_outputs(result, records, out, conf, plots)
     log(f"{split_name}: {len(records)} images, {sum(records.boxes_per_class().values())} boxes")

@@ -98,6 +98,31 @@ def plot_froc(froc: dict, path: str | os.PathLike) -> Path:
     return _save(fig, path)
 
 
+def plot_roc(screening: dict, path: str | os.PathLike) -> Path:
+    """Image-level ROC curves (the ``screening`` section of metrics.json): over all classes and per class."""
+    fig = _figure((6, 5.5))
+    ax = fig.subplots()
+    curves = [("all classes", screening)] + list(screening.get("per_class", {}).items())
+    for i, (name, part) in enumerate(curves):
+        if not np.isfinite(part["auc"]):
+            continue  # no negative (or no positive) images: no curve
+        style = {"color": "black", "linewidth": 2} if i == 0 else {"linewidth": 1}
+        lo, hi = part["auc_ci95"]
+        ax.plot(part["roc"]["fpr"], part["roc"]["tpr"], label=f"{name}: AUC {part['auc']:.3f} [{lo:.3f}, {hi:.3f}]",
+                **style)
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("false positive rate (negative images flagged)")
+    ax.set_ylabel("sensitivity (positive images flagged)")
+    ax.set_title("image-level ROC (an image's score: its best detection)")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def plot_confusion(matrix: np.ndarray, class_names: Sequence[str], path: str | os.PathLike, conf: float, iou: float = 0.5) -> Path:
     """Rows: predicted class (+ background = missed GT); columns: true class (+ background = false positive)."""
     names = list(class_names) + ["background"]

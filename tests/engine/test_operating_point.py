@@ -59,7 +59,8 @@ def test_val_chooses_stores_and_predict_and_export_use_the_thresholds(trained_ru
     metrics = json.loads((tmp_path / "val" / "v" / "metrics.json").read_text())
     froc = metrics["froc"]
     assert froc["hit"] == "iou:0.5" and len(froc["sensitivity"]) == 7 and froc["ci95"][0] <= froc["score"] <= froc["ci95"][1]
-    assert (tmp_path / "val" / "v" / "FROC.png").is_file()
+    assert (tmp_path / "val" / "v" / "FROC.png").is_file() and (tmp_path / "val" / "v" / "ROC.png").is_file()
+    assert "at_thresholds" in metrics["screening"] and "image-level screening" in res.output
     stored = torch.load(weights, weights_only=True)["thresholds"]
     assert stored["spec"] == "f1" and stored["split"] == "val"
     assert stored["per_class"] == {k: v["threshold"] for k, v in metrics["operating_point"]["per_class"].items()}
