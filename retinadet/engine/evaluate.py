@@ -20,6 +20,7 @@ from retinadet.data.formats.coco import coco_api
 from retinadet.data.records import DatasetRecords
 from retinadet.engine.datasets import eval_split
 from retinadet.engine.distributed import DistInfo, all_gather_objects
+from retinadet.engine.error_analysis import draw_worst, error_analysis, format_errors
 from retinadet.engine.froc import HitRule, froc_of_match, match_lesions
 from retinadet.engine.loaders import eval_loader
 from retinadet.engine.operating_point import (
@@ -31,8 +32,9 @@ from retinadet.engine.operating_point import (
     uncalibrated,
 )
 from retinadet.engine.plots import plot_confusion, plot_froc, plot_pr_curves, plot_roc
+from retinadet.engine.report import write_report
 from retinadet.engine.screening import format_screening, screening
-from retinadet.errors import ConfigError
+from retinadet.errors import ConfigError, DataError
 from retinadet.model.inference import detect_batch
 from retinadet.model.preprocess import InputBatch
 from retinadet.structures import Detections
@@ -269,6 +271,9 @@ def evaluate_detector(detector, data: str | os.PathLike | None = None, split: st
     else:
         records = eval_split(data, split)
     check_classes(detector.class_names, records)
+    if not any((~r.crowd).any() for r in records.records):
+        raise DataError(f"{records.root}: split '{records.split or 'val'}' has no ground-truth boxes; "
+                        "val measures against labelled images (predict runs on unlabelled ones)")
     if detector.category_ids is not None and data is None:
         records = _with_category_ids(records, detector.category_ids)
     batch = int(batch or (ck.get("train_config") or {}).get("val_batch") or 8)
@@ -302,8 +307,18 @@ def evaluate_detector(detector, data: str | os.PathLike | None = None, split: st
     result.extra["screening"] = screening(records, result.detections,
                                           {k: v["threshold"] for k, v in thresholds.items()} if thresholds else None)
     reports.append(format_screening(result.extra["screening"]))
+    result.extra["errors"] = error_analysis(records, result.detections, conf)
+    reports.append(format_errors(result.extra["errors"]))
     out = Path(save_dir) if save_dir else increment_run_dir(project, "val", name, exist_ok)
-    write_eval_outputs(result, records, out, conf, plots)
+    files = write_eval_outputs(result, records, out, conf, plots)
+    if plots:
+        files["gallery"] = draw_worst(records, result.detections, result.extra["errors"], out / "errors_gallery.png",
+                                      records.class_names)
+        counts = records.boxes_per_class()
+        files["report"] = write_report(
+            out, result.metrics(), [(k, label, result.stats[k]) for k, label in zip(STAT_NAMES, STAT_LABELS)],
+            [(n, counts[n], result.per_class_ap[n], result.per_class_ap50[n]) for n in records.class_names],
+            f"retinadet val: {getattr(detector, 'path', None) or 'model'} on {split_name} ({len(records)} images)", files)
     log(f"{split_name}: {len(records)} images, {sum(records.boxes_per_class().values())} boxes")
     log(format_stats(result.stats))
     log(format_per_class(result, records))
@@ -314,6 +329,8 @@ def evaluate_detector(detector, data: str | os.PathLike | None = None, split: st
     if skipped:
         log(f"{len(skipped)} unreadable image(s) skipped, their boxes counted as missed: "
             f"{', '.join(skipped[:3])}{', ...' if len(skipped) > 3 else ''} (skipped.txt)")
+    if plots:
+        log(f"report: {files['report']}")
     log(f"results saved to {out}")
     return {**result.metrics(), "save_dir": str(out)}
 

@@ -154,7 +154,13 @@ def froc_summary(match: LesionMatch, points: Sequence[float] = FPPI_POINTS, resa
     lo, hi = np.percentile(scores, [2.5, 97.5]) if len(scores) else (float("nan"), float("nan"))
     return {"fppi": [float(p) for p in points], "sensitivity": [float(v) for v in at], "score": float(at.mean()),
             "ci95": [float(lo), float(hi)], "lesions": int(len(match.tp_scores)), "images": int(match.num_images),
-            "curve": {"fppi": fppi.tolist(), "sensitivity": sens.tolist()}}
+            "curve": _thin(fppi, sens)}
+
+
+def _thin(fppi: np.ndarray, sens: np.ndarray, points: int = 400) -> dict:
+    """The curve for plotting, at most ``points`` of it (the figures above come from the whole curve)."""
+    keep = np.unique(np.linspace(0, len(fppi) - 1, min(points, len(fppi))).round().astype(int))
+    return {"fppi": fppi[keep].tolist(), "sensitivity": sens[keep].tolist()}
 
 
 def froc(data: DatasetRecords, detections: dict[int, Detections], hit: str | HitRule = "iou:0.5",

@@ -192,3 +192,25 @@ def prediction_grid(images: torch.Tensor, sizes: torch.Tensor, gt_boxes: torch.T
     width = max(r.shape[2] for r in rows)
     rows = [torch.nn.functional.pad(r, (0, width - r.shape[2], 0, 4), value=255) for r in rows]
     return save_image(torch.cat(rows, dim=1), path)
+
+
+def error_gallery(rows: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor, Detections, str]],
+                  class_names: Sequence[str], path: str | os.PathLike, width: int = 360) -> Path:
+    """One row per image: its labels (left) beside the predictions (right); ``rows`` of (uint8 image, ground-truth
+    boxes, labels, detections, caption). Panels are scaled to ``width`` px."""
+    from PIL import Image, ImageDraw  # drawing the captions
+
+    strips = []
+    for image, gt_boxes, gt_labels, dets, caption in rows:
+        left = draw_boxes(image, gt_boxes, gt_labels, class_names)
+        right = draw_boxes(image, dets.boxes, dets.labels, class_names, dets.scores)
+        pair = torch.cat([left, torch.full((3, image.shape[1], 6), 255, dtype=torch.uint8), right], dim=2)
+        pil = Image.fromarray(pair.permute(1, 2, 0).numpy())
+        pil = pil.resize((2 * width + 6, max(1, round(pil.height * (2 * width + 6) / pil.width))))
+        canvas = Image.new("RGB", (pil.width, pil.height + 18), "white")
+        canvas.paste(pil, (0, 18))
+        ImageDraw.Draw(canvas).text((4, 3), caption, fill=(0, 0, 0))
+        strips.append(torch.from_numpy(np.asarray(canvas)).permute(2, 0, 1))
+    if not strips:
+        strips = [torch.full((3, 40, 2 * width + 6), 255, dtype=torch.uint8)]
+    return save_image(torch.cat(strips, dim=1), path)

@@ -51,7 +51,9 @@ def roc_curve(scores: np.ndarray, positive: np.ndarray) -> tuple[list[float], li
     s, p = scores[order], positive[order]
     last = np.r_[s[1:] != s[:-1], True]
     tp, fp = np.cumsum(p)[last], np.cumsum(~p)[last]
-    return (np.r_[0.0, fp / max(1, (~positive).sum())].tolist(), np.r_[0.0, tp / max(1, positive.sum())].tolist())
+    fpr, tpr = np.r_[0.0, fp / max(1, (~positive).sum())], np.r_[0.0, tp / max(1, positive.sum())]
+    keep = np.unique(np.linspace(0, len(fpr) - 1, min(400, len(fpr))).round().astype(int))  # enough to draw
+    return fpr[keep].tolist(), tpr[keep].tolist()
 
 
 def _ci(values: Sequence[float]) -> list[float]:

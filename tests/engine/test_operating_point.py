@@ -115,3 +115,15 @@ def test_classes_a_split_cannot_calibrate_are_named_and_left_out():
     m.tp_scores = np.zeros(4)  # now nothing is found at all
     with pytest.raises(ConfigError, match="no class can be calibrated"):
         choose_thresholds(m, ["a", "b"], OperatingPoint.parse("fppi=1"))
+
+
+def test_val_on_a_split_without_ground_truth_is_one_line(trained_run, tiny_data, tmp_path, cli):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    ann = data / "valid" / "_annotations.coco.json"
+    coco = json.loads(ann.read_text())
+    coco["annotations"] = []
+    ann.write_text(json.dumps(coco))
+    res = cli(["val", "--weights", str(trained_run / "weights" / "best.pt"), "--data", str(data), "--project",
+               str(tmp_path)])
+    assert res.exit_code == 2 and "has no ground-truth boxes" in res.output
