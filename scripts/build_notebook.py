@@ -671,6 +671,38 @@ code('''
             ax.set_title(f"{text} (P{level + 3})", fontsize=9)
         show(fig, dpi=90)
 ''')
+# --------------------------------------------------------------------------------------------- 9
+md("""
+    ## 9. FROC and the operating point
+
+    Screening teams report sensitivity at a fixed false-positive rate, not COCO AP. `val` computes the **FROC**:
+    the share of boxes (lesions) found at 1/8 to 8 false positives per image, and their mean, with a 95% bootstrap
+    interval over images. `operating_point="fppi=1"` then picks a score threshold per class on the val split;
+    `save_thresholds=True` would store them in the checkpoint for `predict` and the ONNX export. Measured on the
+    held-out test split, the same thresholds show what to expect on new images. `val` also writes `report.html`,
+    one self-contained page with every figure of this notebook's sections 5 and 9.
+""")
+code('''
+    chosen = det.val(operating_point="fppi=1", conf=CONF, save_dir=WORK / "val_op", progress=False, log=lambda *_: None)
+    f = chosen["froc"]
+    print(f"FROC score (val, hit {f['hit']}): {f['score']:.3f}, 95% CI [{f['ci95'][0]:.3f}, {f['ci95'][1]:.3f}]")
+    print("sensitivity at", ", ".join(f"{p:g} FP/image: {v:.3f}" for p, v in zip(f["fppi"], f["sensitivity"])))
+    thresholds = {k: v["threshold"] for k, v in chosen["operating_point"]["per_class"].items()}
+
+    from retinadet.engine.froc import HitRule, match_lesions
+    from retinadet.engine.operating_point import at_thresholds
+    from retinadet.engine.evaluate import evaluate
+
+    test_split = load_splits(DATA)["test"]
+    test_match = match_lesions(test_split, evaluate(det.model, test_split).detections, HitRule.parse("iou:0.5"))
+    on_test = at_thresholds(test_match, test_split.class_names, thresholds)
+    print(f"\\n{'class':10} {'threshold':>9}  {'val sens.':>9} {'val FP/img':>10}  {'test sens.':>10} {'test FP/img':>11}")
+    for name, r in chosen["operating_point"]["per_class"].items():
+        t = on_test[name]
+        print(f"{name:10} {r['threshold']:9.3f}  {r['sensitivity']:9.3f} {r['fppi']:10.3f}  {t['sensitivity']:10.3f} {t['fppi']:11.3f}")
+    display(Image(filename=str(WORK / "val_op" / "FROC.png"), width=560))
+    print("report:", (WORK / "val_op" / "report.html").relative_to(WORK), f"({(WORK / 'val_op' / 'report.html').stat().st_size / 1e6:.1f} MB)")
+''')
 md("""
     The temporary folder (dataset, run, imported weights) is removed at the end.
 """)

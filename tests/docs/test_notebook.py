@@ -17,6 +17,7 @@ NOTEBOOK = REPO / "notebooks" / "retinanet_pipeline.ipynb"
 SECTIONS = [
     "1. Dataset sources", "2. Data preparation", "3. Model development", "4. Training pipeline",
     "5. Evaluation metrics", "6. Inference pipeline", "7. Loading pretrained weights", "8. Grad-CAM",
+    "9. FROC and the operating point",
 ]
 CELL_TIMEOUT_S = 300
 TOTAL_LIMIT_S = 420
