@@ -28,6 +28,20 @@ def _save(fig, path: str | os.PathLike) -> Path:
     return path
 
 
+def _save_rates(fig, ax, xlabel: str, ylabel: str, title: str, legend: str, path: str | os.PathLike) -> Path:
+    """Axes of two rates in [0, 1] (PR, ROC): limits, labels, legend, grid, then saved."""
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc=legend, fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def plot_results(header: Sequence[str], rows: Sequence[Sequence[str]], path: str | os.PathLike) -> Path:
     """Loss parts and AP curves per epoch from results.csv columns."""
     cols = {h: i for i, h in enumerate(header)}
@@ -60,17 +74,7 @@ def plot_pr_curves(precision: np.ndarray | None, class_names: Sequence[str], pat
             valid = p > -1
             ap = float(p[valid].mean()) if valid.any() else float("nan")
             ax.plot(recall[valid], p[valid], label=f"{name} AP50={ap:.3f}")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.02)
-    ax.set_xlabel("recall")
-    ax.set_ylabel("precision")
-    ax.set_title("PR curves (IoU 0.5)")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="lower left", fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    out = _save(fig, path)
-    return out
+    return _save_rates(fig, ax, "recall", "precision", "PR curves (IoU 0.5)", "lower left", path)
 
 
 def plot_froc(froc: dict, path: str | os.PathLike) -> Path:
@@ -111,16 +115,8 @@ def plot_roc(screening: dict, path: str | os.PathLike) -> Path:
         ax.plot(part["roc"]["fpr"], part["roc"]["tpr"], label=f"{name}: AUC {part['auc']:.3f} [{lo:.3f}, {hi:.3f}]",
                 **style)
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.02)
-    ax.set_xlabel("false positive rate (negative images flagged)")
-    ax.set_ylabel("sensitivity (positive images flagged)")
-    ax.set_title("image-level ROC (an image's score: its best detection)")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="lower right", fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _save_rates(fig, ax, "false positive rate (negative images flagged)", "sensitivity (positive images flagged)",
+                       "image-level ROC (an image's score: its best detection)", "lower right", path)
 
 
 def plot_confusion(matrix: np.ndarray, class_names: Sequence[str], path: str | os.PathLike, conf: float, iou: float = 0.5) -> Path:
