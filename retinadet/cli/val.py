@@ -10,7 +10,8 @@ import click
 @click.option("--data", default=None, help="Dataset (default: the one recorded in the checkpoint).")
 @click.option("--split", default=None, help="val (default) or test.")
 @click.option("--batch", type=int, default=None, help="Batch size (default: the training run's val batch).")
-@click.option("--conf", type=float, default=0.25, show_default=True, help="Score threshold of the confusion matrix.")
+@click.option("--conf", type=float, default=0.25, show_default=True,
+              help="Score threshold of the confusion matrix, the error counts and the gallery.")
 @click.option("--device", default=None, help="auto, cpu, cuda[:N], mps.")
 @click.option("--workers", type=int, default=0, show_default=True)
 @click.option("--project", default="runs", show_default=True)
