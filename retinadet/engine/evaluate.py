@@ -281,34 +281,8 @@ def evaluate_detector(detector, data: str | os.PathLike | None = None, split: st
         detector.to(device)
     result = evaluate(detector.model, records, batch_size=batch, workers=workers, device=detector.device, amp=amp,
                       conf=conf, progress=progress)
-    match = match_lesions(records, result.detections, rule)
-    result.extra["froc"] = froc_of_match(match, records.class_names, rule)
     split_name = records.split or "val"
-    reports = []
-    if point is not None:
-        chosen = choose_thresholds(match, records.class_names, point)
-        skipped = uncalibrated(match, records.class_names)
-        result.extra["operating_point"] = {"spec": str(point), "split": split_name, "hit": str(rule), "per_class": chosen,
-                                           "overall": overall(chosen, match, records.class_names),
-                                           "not_calibrated": skipped}
-        reports.append(format_operating_point(f"operating point {point} chosen on {split_name} (hit {rule}):", chosen,
-                                              result.extra["operating_point"]["overall"], skipped))
-    stored = ck.get("thresholds")
-    if isinstance(stored, dict) and stored.get("per_class"):
-        reached = at_thresholds(match, records.class_names, stored["per_class"])
-        result.extra["at_stored_thresholds"] = {"chosen": f"{stored.get('spec')} on {stored.get('split')}",
-                                                "per_class": reached,
-                                                "overall": overall(reached, match, records.class_names)}
-        reports.append(format_operating_point(
-            f"at the checkpoint's thresholds ({stored.get('spec')} on {stored.get('split')}), on {split_name}:",
-            reached, result.extra["at_stored_thresholds"]["overall"]))
-    thresholds = (result.extra["operating_point"]["per_class"] if point is not None else
-                  result.extra.get("at_stored_thresholds", {}).get("per_class"))
-    result.extra["screening"] = screening(records, result.detections,
-                                          {k: v["threshold"] for k, v in thresholds.items()} if thresholds else None)
-    reports.append(format_screening(result.extra["screening"]))
-    result.extra["errors"] = error_analysis(records, result.detections, conf)
-    reports.append(format_errors(result.extra["errors"]))
+    reports = clinical_analysis(result, records, split_name, rule, point, ck.get("thresholds"), conf)
     out = Path(save_dir) if save_dir else increment_run_dir(project, "val", name, exist_ok)
     files = write_eval_outputs(result, records, out, conf, plots)
     if plots:
@@ -322,7 +296,6 @@ def evaluate_detector(detector, data: str | os.PathLike | None = None, split: st
     log(f"{split_name}: {len(records)} images, {sum(records.boxes_per_class().values())} boxes")
     log(format_stats(result.stats))
     log(format_per_class(result, records))
-    log(format_froc(result.extra["froc"]))
     for report in reports:
         log(report)
     skipped = result.extra.get("skipped_images", [])
@@ -333,6 +306,39 @@ def evaluate_detector(detector, data: str | os.PathLike | None = None, split: st
         log(f"report: {files['report']}")
     log(f"results saved to {out}")
     return {**result.metrics(), "save_dir": str(out)}
+
+
+def clinical_analysis(result: EvalResult, records: DatasetRecords, split_name: str, rule: HitRule,
+                      point: OperatingPoint | None, stored: dict | None, conf: float) -> list[str]:
+    """What a screening team reports, into ``result.extra`` (and so metrics.json): FROC, the operating point
+    chosen here or what the checkpoint's thresholds reach here, image-level screening and the error analysis.
+    Returns the printed tables."""
+    names = records.class_names
+    match = match_lesions(records, result.detections, rule)
+    result.extra["froc"] = froc_of_match(match, names, rule)
+    reports = [format_froc(result.extra["froc"])]
+    thresholds = None
+    if point is not None:
+        chosen, uncal = choose_thresholds(match, names, point), uncalibrated(match, names)
+        op = {"spec": str(point), "split": split_name, "hit": str(rule), "per_class": chosen,
+              "overall": overall(chosen, match, names), "not_calibrated": uncal}
+        result.extra["operating_point"], thresholds = op, chosen
+        reports.append(format_operating_point(f"operating point {point} chosen on {split_name} (hit {rule}):", chosen,
+                                              op["overall"], uncal))
+    if isinstance(stored, dict) and stored.get("per_class"):
+        reached = at_thresholds(match, names, stored["per_class"])
+        what = f"{stored.get('spec')} on {stored.get('split')}"
+        result.extra["at_stored_thresholds"] = {"chosen": what, "per_class": reached,
+                                                "overall": overall(reached, match, names)}
+        thresholds = thresholds or reached
+        reports.append(format_operating_point(f"at the checkpoint's thresholds ({what}), on {split_name}:", reached,
+                                              result.extra["at_stored_thresholds"]["overall"]))
+    result.extra["screening"] = screening(records, result.detections,
+                                          {k: v["threshold"] for k, v in thresholds.items()} if thresholds else None)
+    reports.append(format_screening(result.extra["screening"]))
+    result.extra["errors"] = error_analysis(records, result.detections, conf)
+    reports.append(format_errors(result.extra["errors"]))
+    return reports
 
 
 def check_classes(class_names: Sequence[str], data: DatasetRecords) -> None:

@@ -80,7 +80,7 @@ def test_val_chooses_stores_and_predict_and_export_use_the_thresholds(trained_ru
     assert res.exit_code == 0 and "stored per-class thresholds" not in res.output
     assert len(json.loads((tmp_path / "predict" / "p2" / "predictions.json").read_text())) > len(records)
 
-    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxruntime", reason="the ONNX half needs onnxruntime (a dev dependency)")
     from retinadet.export.exporter import export
     from retinadet.export.onnx_runtime import OnnxDetector, predict_onnx
 
