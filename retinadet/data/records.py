@@ -98,6 +98,11 @@ def default_category_ids(num_classes: int) -> list[int]:
     return list(range(1, num_classes + 1))
 
 
+# Coordinates this close past an edge are the edge itself: normalised formats (YOLO) give 640.0000001 for a box
+# that ends on a 640 px edge. Such boxes are clipped without a word; only a real overshoot is reported.
+ROUNDING = 1e-3
+
+
 def sanitize_boxes(
     boxes: np.ndarray,
     width: int,
@@ -112,6 +117,7 @@ def sanitize_boxes(
     * NaN/inf coordinates: error, dropped.
     * Reaching outside the image by more than ``tolerance`` px: error, clipped.
       Within ``tolerance`` (annotation tools often overshoot by a pixel): warning, clipped.
+      Within ``ROUNDING`` (floating-point rounding of an edge): clipped silently.
     * Zero or negative size (after clipping): warning, dropped.
     ``where`` names each box (line or annotation id) for messages.
     """
@@ -130,7 +136,7 @@ def sanitize_boxes(
                     Problem(file, f"{name}: box {np.round(box, 2).tolist()} outside image {width}x{height}; clipped",
                             "box_outside_image")
                 )
-            elif x1 < 0 or y1 < 0 or x2 > width or y2 > height:
+            elif x1 < -ROUNDING or y1 < -ROUNDING or x2 > width + ROUNDING or y2 > height + ROUNDING:
                 problems.append(Problem(file, f"{name}: box {np.round(box, 2).tolist()} overshoots image {width}x{height} "
                                         f"by <= {tolerance:g} px; clipped", "box_clipped", "warning"))
             boxes[i] = [min(max(x1, 0), width), min(max(y1, 0), height), min(max(x2, 0), width), min(max(y2, 0), height)]

@@ -218,3 +218,14 @@ def test_boxes_over_the_edge_are_clipped_and_reported(tmp_path):
     ds = load_dataset(path)
     np.testing.assert_allclose(ds.records[0].boxes, [[20, 20, 32, 32], [0, 0, 10, 10]])
     assert [(p.kind, p.severity) for p in ds.problems] == [("box_clipped", "warning"), ("box_outside_image", "error")]
+
+
+def test_a_box_ending_on_the_edge_after_float_rounding_is_not_a_problem(tmp_path):
+    """YOLO's normalised coordinates times the image size give 640.0000001 for a box on a 640 px edge."""
+    from retinadet.data.records import sanitize_boxes
+
+    problems = []
+    boxes, keep = sanitize_boxes(np.array([[600, 10, 640 + 1e-7, 50], [0 - 1e-9, 0, 10, 480.0000004],
+                                           [600, 10, 640.2, 50]]), 640, 480, "a.txt", problems)
+    assert keep.all() and boxes[:, 2].max() == 640 and boxes[1, 0] == 0 and boxes[1, 3] == 480
+    assert [(p.kind, "640.2" in p.message) for p in problems] == [("box_clipped", True)]  # only the real overshoot
