@@ -18,10 +18,11 @@ from retinadet.errors import ConfigError, DataError
 from retinadet.explain import Explanation, explain
 from retinadet.export import onnx_runtime
 from retinadet.model import ModelConfig, RetinaNet, resolve_model_config
-from retinadet.model.inference import detect_images
+from retinadet.model.inference import TilingReport, detect_images
 from retinadet.structures import Detections, DetectionsList
 from retinadet.utils.device import resolve_device
 from retinadet.utils.sentinels import FROM_CONFIG, FromConfig
+from retinadet.utils.tiling import TileOptions, TrainingScale, tile_options
 from retinadet.weights.checkpoint import save_checkpoint
 from retinadet.weights.resolve import load_checkpoint, load_weights
 
@@ -69,16 +70,30 @@ class Detector:
         self.model.to(self.device)
         return self
 
+    @property
+    def scale(self) -> TrainingScale | None:
+        """The scale the model was trained at, from its checkpoint (None: not recorded, e.g. imported weights)."""
+        return TrainingScale.from_dict(self.checkpoint.get("scale"))
+
     def predict(self, sources: ImageSource | Sequence[ImageSource], conf: float | None = None, iou: float | None = None,
                 max_det: int | None | FromConfig = FROM_CONFIG, batch_size: int = 4, amp: bool | str = False,
-                channels_last: bool | None = None, skip_errors: bool = False) -> Detections | DetectionsList:
+                channels_last: bool | None = None, skip_errors: bool = False, imgsz: int | None = None,
+                tile: TileOptions | int | str | None = "auto", tile_overlap: float = 0.2, tile_merge: str = "nms",
+                tile_match: str = "iou", tile_threshold: float | None = None, full_image: bool = False,
+                log=None) -> Detections | DetectionsList:
         """Detections per image, boxes in original pixels; a single input gives a single ``Detections``.
 
         ``conf``/``iou`` None and ``max_det`` FROM_CONFIG take the model's values (``max_det=None``
-        keeps all). ``channels_last`` switches the model's memory format (faster convolutions on
-        CPU); None keeps the current one. An input that cannot be read raises a :class:`DataError`
-        naming it; with ``skip_errors`` a list of inputs gives the others' detections, and the
-        failures in the result's ``skipped`` ((input, reason) pairs)."""
+        keeps all; a sliced image's cap applies after merging its tiles). ``imgsz``: another input size.
+        ``tile``: sliced inference (see :class:`retinadet.utils.tiling.TileOptions`): ``"auto"`` slices an
+        image the whole-image resize would shrink below the model's training scale, a size (640, or
+        "640x480") always slices, None never; ``log`` hears what it did. ``channels_last`` switches the
+        model's memory format (faster convolutions on CPU); None keeps the current one. An input that
+        cannot be read raises a :class:`DataError` naming it; with ``skip_errors`` a list of inputs gives
+        the others' detections, and the failures in the result's ``skipped`` ((input, reason) pairs)."""
+        tiling = tile_options(tile, tile_overlap, tile_merge, tile_match, tile_threshold, full_image)
+        pre = self.cfg.preprocess.at_size(imgsz)
+        report = TilingReport(log)
         items, many = _as_list(sources)
         if not items:
             raise DataError("no images to predict on")
@@ -98,8 +113,8 @@ class Detector:
                     continue
                 tensors.append(tensor)
                 names.append(name)
-            dets = detect_images(self.model, tensors, conf=conf, iou=iou, max_det=max_det, amp=amp,
-                                 class_names=self.class_names) if tensors else []
+            dets = detect_images(self.model, tensors, pre, tiling=tiling, scale=self.scale, batch_size=step, report=report,
+                                 conf=conf, iou=iou, max_det=max_det, amp=amp, class_names=self.class_names) if tensors else []
             for d, name in zip(dets, names):
                 d.source = name
                 results.append(d.cpu())
@@ -145,7 +160,8 @@ def load(spec: str | os.PathLike, class_names: Sequence[str] | str | None = None
 
 
 # What a predict run records in its args.json, to be resumed with the same options.
-_RESUMABLE = ("conf", "iou", "max_det", "batch", "imgsz", "amp", "save", "save_txt", "save_csv", "strict")
+_RESUMABLE = ("conf", "iou", "max_det", "batch", "imgsz", "amp", "save", "save_txt", "save_csv", "strict", "tile",
+              "tile_overlap", "tile_merge", "tile_match", "tile_threshold", "full_image")
 
 
 def predict(weights: str | os.PathLike | Detector | None = None, source: str | os.PathLike | None = None, *,

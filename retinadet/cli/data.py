@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import click
+from click.core import ParameterSource
 
 
 @click.group(name="data")
@@ -31,22 +32,35 @@ def convert_cmd(src: str, fmt: str, out: str) -> None:
 
 @command.command("synth")
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
-@click.option("--n", "n", type=int, default=900, show_default=True, help="Total images, split 4:1:1 into train/val/test.")
+@click.option("--n", "n", type=int, default=None, help="Total images, split 4:1:1 into train/val/test. [default: 900, 72 with --large]")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--size", type=int, default=320, show_default=True, help="Image side in pixels.")
+@click.option("--size", type=int, default=320, show_default=True, help="Image side in pixels (not with --large).")
+@click.option("--large", is_flag=True, help="Write 'shapes-large' instead: ~2000 px images crowded with 10-40 px objects.")
 @click.option("--workers", type=int, default=None, help="Processes (default: up to 4, one per CPU).")
-def synth_cmd(out: str, n: int, seed: int, size: int, workers) -> None:
-    """Write the synthetic 'shapes' dataset (COCO layout) to OUT."""
-    from retinadet.data.synthetic import ShapesConfig, write_shapes_dataset
+@click.pass_context
+def synth_cmd(ctx: click.Context, out: str, n, seed: int, size: int, large: bool, workers) -> None:
+    """Write the synthetic 'shapes' (or, with --large, 'shapes-large') dataset (COCO layout) to OUT."""
     from retinadet.errors import DataError
 
+    if large and ctx.get_parameter_source("size") is not ParameterSource.DEFAULT:
+        raise DataError("--size does not apply to --large (shapes-large images vary in size, 1700-2300 x 1500-2100 px)")
+    if large:
+        from retinadet.data.shapes_large import LargeShapesConfig as Config
+        from retinadet.data.shapes_large import write_large_shapes_dataset as write
+    else:
+        from retinadet.data.synthetic import ShapesConfig as Config
+        from retinadet.data.synthetic import write_shapes_dataset as write
+    if n is None:  # the config's own total: 900 for shapes, 72 for shapes-large
+        default = Config()
+        n = default.num_train + default.num_val + default.num_test
     if n < 3:
         raise DataError(f"--n must be >= 3, got {n}")
     n_val = n_test = n // 6
-    cfg = ShapesConfig(num_train=n - n_val - n_test, num_val=n_val, num_test=n_test, size=size, seed=seed)
-    stats = write_shapes_dataset(out, cfg, workers=workers)
+    cfg = Config(num_train=n - n_val - n_test, num_val=n_val, num_test=n_test, seed=seed, **({} if large else {"size": size}))
+    stats = write(out, cfg, workers=workers)
+    rate = f"{stats['seconds'] / stats['images']:.2f} s/image" if large else f"{stats['images_per_s']:.0f} images/s"
     click.echo(f"wrote {stats['images']} images (train {cfg.num_train}, val {cfg.num_val}, test {cfg.num_test}) "
-               f"to {out} in {stats['seconds']:.1f}s ({stats['images_per_s']:.0f} images/s)")
+               f"to {out} in {stats['seconds']:.1f}s ({rate})")
 
 
 @command.command("check")

@@ -5,9 +5,11 @@ from __future__ import annotations
 import click
 from click.core import ParameterSource
 
+from retinadet.cli.options import TILING, tiling_kwargs, tiling_options
+
 # CLI names of the options a run records, and their keyword in the API.
 OPTIONS = {"conf": "conf", "iou": "iou", "max_det": "max_det", "batch": "batch", "imgsz": "imgsz",
-           "save_txt": "save_txt", "save_csv": "save_csv", "nosave": "save", "strict": "strict"}
+           "save_txt": "save_txt", "save_csv": "save_csv", "nosave": "save", "strict": "strict", **TILING}
 
 
 @click.command("predict")
@@ -29,10 +31,14 @@ OPTIONS = {"conf": "conf", "iou": "iou", "max_det": "max_det", "batch": "batch",
 @click.option("--project", default="runs", show_default=True)
 @click.option("--name", default=None, help="Run name under PROJECT/predict. [default: exp]")
 @click.option("--exist-ok", is_flag=True)
+@tiling_options
 @click.pass_context
 def command(ctx, weights, source, conf, iou, max_det, batch, imgsz, device, save_txt, save_csv, nosave, strict, resume,
-            project, name, exist_ok) -> None:
+            project, name, exist_ok, **tiling) -> None:
     """Write annotated images and predictions.json (COCO results + file_name + class name, original pixels).
+
+    An image much larger than the model's training inputs is sliced into tiles at the scale the model was
+    trained at (--tile auto), and the run says so; boxes come back in the image's pixels.
 
     Unreadable inputs are skipped, named and listed in skipped.txt; the exit code is non-zero only when
     no input could be read. Detections also stream to predictions.jsonl, so `--resume RUN_DIR` finishes
@@ -45,7 +51,8 @@ def command(ctx, weights, source, conf, iou, max_det, batch, imgsz, device, save
     from retinadet.utils.sentinels import FROM_CONFIG
 
     values = {"conf": conf, "iou": iou, "max_det": FROM_CONFIG if max_det is None else max_det, "batch": batch,
-              "imgsz": imgsz, "save_txt": save_txt, "save_csv": save_csv, "save": not nosave, "strict": strict}
+              "imgsz": imgsz, "save_txt": save_txt, "save_csv": save_csv, "save": not nosave, "strict": strict,
+              **tiling_kwargs(tiling)}
     if resume is not None:  # only what was given now: the rest comes from the run
         given = {api for cli, api in OPTIONS.items() if ctx.get_parameter_source(cli) == ParameterSource.COMMANDLINE}
         values = {k: v for k, v in values.items() if k in given}

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import click
 
+from retinadet.cli.options import tiling_kwargs, tiling_options
+
 
 @click.command("val")
 @click.option("--weights", required=True, help="Weights to evaluate (a retinadet .pt, or anything `retinadet.load` reads).")
 @click.option("--data", default=None, help="Dataset (default: the one recorded in the checkpoint).")
 @click.option("--split", default=None, help="val (default) or test.")
 @click.option("--batch", type=int, default=None, help="Batch size (default: the training run's val batch).")
-@click.option("--conf", type=float, default=0.25, show_default=True,
+@click.option("--conf", type=float, default=None, help="Detection score threshold (default: the model's, for AP).")
+@click.option("--iou", type=float, default=None, help="NMS IoU (default: the model's).")
+@click.option("--max-det", type=int, default=None, help="Detections per image (default: the model's; COCO's cap follows it).")
+@click.option("--imgsz", type=int, default=None, help="Input size (default: the model's).")
+@click.option("--matrix-conf", type=float, default=0.25, show_default=True,
               help="Score threshold of the confusion matrix, the error counts and the gallery.")
 @click.option("--device", default=None, help="auto, cpu, cuda[:N], mps.")
 @click.option("--workers", type=int, default=0, show_default=True)
@@ -24,19 +30,24 @@ import click
               help="Choose a score threshold per class on this split: fppi=F, sensitivity=S or f1.")
 @click.option("--save-thresholds", is_flag=True, help="Store the operating point's thresholds in the checkpoint "
               "(predict and export use them).")
-def command(weights, data, split, batch, conf, device, workers, project, name, exist_ok, plots, froc_hit, operating_point,
-            save_thresholds) -> None:
+@tiling_options
+def command(weights, data, split, batch, conf, iou, max_det, imgsz, matrix_conf, device, workers, project, name, exist_ok,
+            plots, froc_hit, operating_point, save_thresholds, **tiling) -> None:
     """Evaluate WEIGHTS: 12 COCO stats, per-class AP, FROC, PR curves, confusion matrix, metrics.json, predictions."""
     # Imported here: `retinadet --help` loads every command module, and should not load torch.
     import torch
 
     from retinadet.detector import load
     from retinadet.errors import RetinadetError
+    from retinadet.utils.sentinels import FROM_CONFIG
+    from retinadet.utils.tiling import tile_options
 
+    tiles = tile_options(**tiling_kwargs(tiling))  # bad flags fail before the weights are loaded
     try:
         load(weights).val(data, split, save_thresholds=save_thresholds, batch=batch, workers=workers, device=device,
-                          conf=conf, plots=plots, project=project, name=name, exist_ok=exist_ok, log=click.echo,
-                          progress=True, froc_hit=froc_hit, operating_point=operating_point)
+                          conf=conf, iou=iou, max_det=FROM_CONFIG if max_det is None else max_det, imgsz=imgsz,
+                          tiling=tiles, matrix_conf=matrix_conf, plots=plots, project=project, name=name, exist_ok=exist_ok,
+                          log=click.echo, progress=True, froc_hit=froc_hit, operating_point=operating_point)
     except torch.OutOfMemoryError as exc:
         raise RetinadetError(f"out of memory during evaluation ({str(exc).splitlines()[0][:120]}); "
                              "try a smaller --batch") from exc

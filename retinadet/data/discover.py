@@ -8,7 +8,7 @@ Accepted inputs:
 * a folder: VOC (``Annotations/``), Roboflow COCO (``train/ valid/ test/`` each with
   ``_annotations.coco.json``), COCO (``annotations/*.json``), YOLO (``data.yaml`` or
   ``images/`` + ``labels/`` + ``classes.txt``), or a folder holding one CSV;
-* ``shapes`` (the built-in synthetic dataset, generated and cached on first use).
+* ``shapes`` or ``shapes-large`` (the built-in synthetic datasets, generated and cached on first use).
 Split names are normalised: ``valid``/``validation`` -> ``val``.
 """
 
@@ -25,12 +25,15 @@ from retinadet.data.formats.csv_format import read_csv
 from retinadet.data.formats.voc import is_voc_root, list_voc_splits, read_voc
 from retinadet.data.formats.yolo import parse_names, read_yolo
 from retinadet.data.records import DatasetRecords, ImageRecord
+from retinadet.data.shapes_large import ensure_large_shapes_dataset
 from retinadet.data.synthetic import ensure_shapes_dataset
 from retinadet.errors import DataError
 
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "test": "test",
                  "testing": "test", "trainval": "trainval"}
 SPLIT_ORDER = ("train", "val", "test", "trainval")
+# Names that stand for a generated dataset rather than a path (a folder of that name is shadowed).
+BUILTIN_DATASETS = {"shapes": ensure_shapes_dataset, "shapes-large": ensure_large_shapes_dataset}
 
 
 def normalize_split(name: str) -> str:
@@ -135,9 +138,8 @@ def merge_datasets(parts: list[DatasetRecords], split: str | None = None) -> Dat
 
 def load_splits(path: str | os.PathLike) -> dict[str, DatasetRecords]:
     """Every split a path holds, as {split: DatasetRecords} ("all" when it has no splits)."""
-    if str(path) == "shapes":
-
-        path = ensure_shapes_dataset()
+    if str(path) in BUILTIN_DATASETS:
+        path = BUILTIN_DATASETS[str(path)]()
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: dataset path not found")

@@ -21,6 +21,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -224,6 +225,18 @@ def _render_chunk(args) -> list[tuple[int, list]]:
     return out
 
 
+def parallel_map(fn: Callable, jobs: list, workers: int) -> list:
+    """``[fn(job) for job in jobs]``, in a fork pool of ``workers`` processes when that helps."""
+    if workers > 1 and len(jobs) > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            return list(pool.map(fn, jobs))
+    return [fn(job) for job in jobs]
+
+
 def write_shapes_dataset(out: str | os.PathLike, cfg: ShapesConfig = ShapesConfig(), workers: int | None = None,
                          progress: bool = False) -> dict:
     """Write the dataset under ``out`` (Roboflow COCO layout). Returns timing stats.
@@ -242,15 +255,7 @@ def write_shapes_dataset(out: str | os.PathLike, cfg: ShapesConfig = ShapesConfi
         folder.mkdir(parents=True, exist_ok=True)
         step = max(25, count // (4 * max(workers, 1)) + 1)
         jobs += [(cfg, split_index, a, min(a + step, count), str(folder)) for a in range(0, count, step)]
-    if workers > 1 and len(jobs) > 1:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
-        ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            results = list(pool.map(_render_chunk, jobs))
-    else:
-        results = [_render_chunk(job) for job in jobs]
+    results = parallel_map(_render_chunk, jobs, workers)
     objects_by_split: dict[int, list] = {}
     for job, result in zip(jobs, results):
         objects_by_split.setdefault(job[1], []).extend(result)
@@ -272,17 +277,20 @@ def write_shapes_dataset(out: str | os.PathLike, cfg: ShapesConfig = ShapesConfi
     return {"images": total, "seconds": elapsed, "images_per_s": total / max(elapsed, 1e-9), "root": out, "workers": workers}
 
 
-def ensure_shapes_dataset(cfg: ShapesConfig | None = None, root: str | os.PathLike | None = None) -> Path:
-    """Path to the cached dataset, generating it (atomically) on first use."""
-    cfg = cfg or ShapesConfig()
+def ensure_cached(name: str, write: Callable[[Path], object], root: str | os.PathLike | None = None) -> Path:
+    """``root/name`` (default root: the cache), written by ``write(folder)`` on first use.
+
+    ``write`` fills a temporary sibling folder that is renamed into place only when
+    complete, so an interrupted run or a concurrent one never leaves a partial dataset.
+    """
     base = Path(root) if root is not None else cache_dir()
-    target = base / cfg.cache_name
+    target = base / name
     if (target / ".complete").is_file():
         return target
     base.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=cfg.cache_name + ".tmp-", dir=base))
+    tmp = Path(tempfile.mkdtemp(prefix=name + ".tmp-", dir=base))
     try:
-        write_shapes_dataset(tmp, cfg)
+        write(tmp)
         (tmp / ".complete").write_text("ok\n")
         try:
             os.rename(tmp, target)
@@ -295,3 +303,9 @@ def ensure_shapes_dataset(cfg: ShapesConfig | None = None, root: str | os.PathLi
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def ensure_shapes_dataset(cfg: ShapesConfig | None = None, root: str | os.PathLike | None = None) -> Path:
+    """Path to the cached dataset, generating it (atomically) on first use."""
+    cfg = cfg or ShapesConfig()
+    return ensure_cached(cfg.cache_name, lambda folder: write_shapes_dataset(folder, cfg), root)

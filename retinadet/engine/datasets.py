@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from retinadet.data.discover import load_splits, normalize_split
+from retinadet.data.discover import BUILTIN_DATASETS, load_splits, normalize_split
 from retinadet.data.records import DatasetRecords
 from retinadet.errors import DataError
 
@@ -17,9 +17,9 @@ VAL_FRACTION = 0.1
 
 
 def data_spec(data: str | os.PathLike) -> str:
-    """What to record in a checkpoint: ``shapes`` as is, a path made absolute."""
+    """What to record in a checkpoint: a built-in name (``shapes``, ``shapes-large``) as is, a path made absolute."""
     s = os.fspath(data)
-    if s == "shapes":
+    if s in BUILTIN_DATASETS:
         return s
     if not os.path.exists(s):
         raise DataError(f"{s}: dataset path not found")

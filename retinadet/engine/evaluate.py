@@ -17,6 +17,7 @@ from torchvision.ops import box_iou
 from tqdm import tqdm
 
 from retinadet.data.formats.coco import coco_api
+from retinadet.data.images import read_image
 from retinadet.data.records import DatasetRecords
 from retinadet.engine.datasets import eval_split
 from retinadet.engine.distributed import DistInfo, all_gather_objects
@@ -35,21 +36,33 @@ from retinadet.engine.plots import plot_confusion, plot_froc, plot_pr_curves, pl
 from retinadet.engine.report import write_report
 from retinadet.engine.screening import format_screening, screening
 from retinadet.errors import ConfigError, DataError
-from retinadet.model.inference import detect_batch
+from retinadet.model.config import PreprocessConfig
+from retinadet.model.inference import TilingReport, detect_batch, detect_images
 from retinadet.model.preprocess import InputBatch
 from retinadet.structures import Detections
 from retinadet.utils.files import atomic_write_text, increment_run_dir, write_json
 from retinadet.utils.sentinels import FROM_CONFIG, FromConfig
+from retinadet.utils.tiling import TileOptions, TrainingScale, plan_tiles, shrink_warning
 
 STAT_NAMES = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
-STAT_LABELS = [
-    "AP @[IoU=0.50:0.95 | area=all | maxDets=100]", "AP @[IoU=0.50 | area=all | maxDets=100]",
-    "AP @[IoU=0.75 | area=all | maxDets=100]", "AP @[IoU=0.50:0.95 | area=small | maxDets=100]",
-    "AP @[IoU=0.50:0.95 | area=medium | maxDets=100]", "AP @[IoU=0.50:0.95 | area=large | maxDets=100]",
+_STAT_TEXT = [
+    "AP @[IoU=0.50:0.95 | area=all | maxDets={M}]", "AP @[IoU=0.50 | area=all | maxDets={M}]",
+    "AP @[IoU=0.75 | area=all | maxDets={M}]", "AP @[IoU=0.50:0.95 | area=small | maxDets={M}]",
+    "AP @[IoU=0.50:0.95 | area=medium | maxDets={M}]", "AP @[IoU=0.50:0.95 | area=large | maxDets={M}]",
     "AR @[IoU=0.50:0.95 | area=all | maxDets=1]", "AR @[IoU=0.50:0.95 | area=all | maxDets=10]",
-    "AR @[IoU=0.50:0.95 | area=all | maxDets=100]", "AR @[IoU=0.50:0.95 | area=small | maxDets=100]",
-    "AR @[IoU=0.50:0.95 | area=medium | maxDets=100]", "AR @[IoU=0.50:0.95 | area=large | maxDets=100]",
+    "AR @[IoU=0.50:0.95 | area=all | maxDets={M}]", "AR @[IoU=0.50:0.95 | area=small | maxDets={M}]",
+    "AR @[IoU=0.50:0.95 | area=medium | maxDets={M}]", "AR @[IoU=0.50:0.95 | area=large | maxDets={M}]",
 ]
+# COCO's usual cap; the stats keep their usual names (AR100 is recall at the cap) whatever the cap is.
+COCO_MAX_DETS = 100
+
+
+def stat_labels(max_dets: int = COCO_MAX_DETS) -> list[str]:
+    """pycocotools' label of each stat, at a cap of ``max_dets`` detections per image."""
+    return [t.replace("{M}", str(max_dets)) for t in _STAT_TEXT]
+
+
+STAT_LABELS = stat_labels()
 
 
 @dataclass
@@ -62,16 +75,17 @@ class EvalResult:
     confusion: np.ndarray | None = None
     first_batch: dict | None = None
     extra: dict = field(default_factory=dict)
+    max_dets: int = COCO_MAX_DETS  # COCO's cap of detections per image in these stats
 
     def metrics(self) -> dict[str, Any]:
         """Plain numbers for checkpoints and metrics.json."""
         return {**{k: float(v) for k, v in self.stats.items()}, "per_class_AP": dict(self.per_class_ap),
                 "per_class_AP50": dict(self.per_class_ap50),
-                "num_detections": sum(len(d) for d in self.detections.values()), **self.extra}
+                "num_detections": sum(len(d) for d in self.detections.values()), "max_dets": self.max_dets, **self.extra}
 
 
 @torch.no_grad()
-def run_inference(model, loader, device: torch.device, amp: Any = False, conf: float | None = None,
+def run_inference(model, loader, device: torch.device, *, amp: Any = False, conf: float | None = None,
                   iou: float | None = None, max_det: int | None | FromConfig = FROM_CONFIG,
                   keep_first_batch: bool = False, progress: bool = False
                   ) -> tuple[dict[int, Detections], dict | None, list[str]]:
@@ -107,8 +121,18 @@ def coco_array(detections: dict[int, Detections], category_ids: Sequence[int]) -
     return np.concatenate(parts)
 
 
-def coco_eval(data: DatasetRecords, detections: dict[int, Detections]) -> tuple[dict[str, float], np.ndarray | None]:
-    """The 12 COCO stats and COCOeval's precision array (None when there are no detections)."""
+def coco_max_dets(detections: dict[int, Detections], cap: int | None) -> int:
+    """COCO's cap of detections per image: the model's own ``cap``, so that crowded images (hundreds of cells) are
+    not cut to COCO's 100; without a cap, the most any image has (never below 100)."""
+    if cap is not None:
+        return int(cap)
+    return max([COCO_MAX_DETS, *(len(d) for d in detections.values())])
+
+
+def coco_eval(data: DatasetRecords, detections: dict[int, Detections], max_dets: int = COCO_MAX_DETS
+              ) -> tuple[dict[str, float], np.ndarray | None]:
+    """The 12 COCO stats at ``max_dets`` detections per image and COCOeval's precision array (None when there are
+    no detections)."""
     arr = coco_array(detections, data.category_ids)
     if len(arr) == 0:
         return {k: 0.0 for k in STAT_NAMES}, None
@@ -117,10 +141,26 @@ def coco_eval(data: DatasetRecords, detections: dict[int, Detections]) -> tuple[
         dt = gt.loadRes(arr)
         ev = COCOeval(gt, dt, "bbox")
         ev.params.imgIds = sorted(int(r.image_id) for r in data.records)
+        ev.params.maxDets = [1, 10, int(max_dets)]
         ev.evaluate()
         ev.accumulate()
-        ev.summarize()
-    return {k: float(v) for k, v in zip(STAT_NAMES, ev.stats)}, np.asarray(ev.eval["precision"])
+    precision = np.asarray(ev.eval["precision"])
+    return summarize(precision, np.asarray(ev.eval["recall"]), np.asarray(ev.params.iouThrs)), precision
+
+
+def summarize(precision: np.ndarray, recall: np.ndarray, iou_thrs: np.ndarray) -> dict[str, float]:
+    """The 12 COCO stats from COCOeval's accumulated arrays (precision [T, R, K, A, M], recall [T, K, A, M]), at
+    its last cap of detections per image. pycocotools' own ``summarize`` reads its AP at a cap of 100 whatever
+    the caps are, so it cannot report a larger one."""
+    def mean(x: np.ndarray) -> float:
+        x = x[x > -1]
+        return float(x.mean()) if x.size else -1.0
+
+    t50, t75 = (int(np.argmin(np.abs(iou_thrs - t))) for t in (0.5, 0.75))
+    ap = [mean(precision[..., 0, -1]), mean(precision[t50, ..., 0, -1]), mean(precision[t75, ..., 0, -1]),
+          *(mean(precision[..., a, -1]) for a in (1, 2, 3))]
+    ar = [mean(recall[..., 0, m]) for m in (0, 1, 2)] + [mean(recall[..., a, -1]) for a in (1, 2, 3)]
+    return dict(zip(STAT_NAMES, ap + ar))
 
 
 def per_class_ap(precision: np.ndarray | None, class_names: Sequence[str]) -> tuple[dict[str, float], dict[str, float]]:
@@ -168,29 +208,89 @@ def confusion_matrix(data: DatasetRecords, detections: dict[int, Detections], co
 
 
 def evaluate(model, data: DatasetRecords, *, batch_size: int = 8, workers: int = 0, device: torch.device | str = "cpu",
-             amp: Any = False, dist_info: DistInfo | None = None, conf: float = 0.25, keep_first_batch: bool = False,
-             progress: bool = False, batches: Sequence[dict] | None = None,
-             with_confusion: bool = True) -> EvalResult | None:
-    """Run ``model`` on ``data`` (its own preprocess), then COCO-evaluate. Under DDP every rank infers on
-    its shard; predictions are gathered and rank 0 evaluates (other ranks get None). ``batches``: this
+             amp: Any = False, dist_info: DistInfo | None = None, matrix_conf: float = 0.25, keep_first_batch: bool = False,
+             progress: bool = False, batches: Sequence[dict] | None = None, with_confusion: bool = True,
+             preprocess: PreprocessConfig | None = None, conf: float | None = None, iou: float | None = None,
+             max_det: int | None | FromConfig = FROM_CONFIG, tiling: TileOptions | None = None,
+             scale: TrainingScale | None = None, log=None) -> EvalResult | None:
+    """Run ``model`` on ``data`` (resized by ``preprocess``, default the model's), then COCO-evaluate. Under DDP every
+    rank infers on its shard; predictions are gathered and rank 0 evaluates (other ranks get None). ``batches``: this
     rank's batches of ``data`` from ``eval_loader``, already decoded (training keeps them between epochs).
-    ``with_confusion=False`` leaves the confusion matrix to ``write_eval_outputs``, for callers that draw
-    only the last of many evaluations."""
+    ``conf``/``iou``/``max_det``: the inference options (default: the model's). ``tiling``: sliced inference of the
+    images it decides to slice from ``scale`` (then every image is read whole and goes through
+    :func:`retinadet.model.inference.detect_images`). ``matrix_conf``: the confusion matrix's score threshold;
+    ``with_confusion=False`` leaves the matrix to ``write_eval_outputs``, for callers that draw only the last of many
+    evaluations. ``log`` hears what sliced inference did."""
     info = dist_info or DistInfo()
     device = torch.device(device)
-    loader = batches if batches is not None else eval_loader(data, model.cfg.preprocess, batch_size, workers, info.rank,
-                                                             info.world_size)
-    dets, first, skipped = run_inference(model, loader, device, amp, keep_first_batch=keep_first_batch, progress=progress)
+    pre = preprocess or model.cfg.preprocess
+    sliced = tiling is not None and any(plan_tiles(r.height, r.width, pre, scale, tiling) is not None for r in data.records)
+    options = dict(conf=conf, iou=iou, max_det=max_det, amp=amp)
+    if sliced:
+        report = TilingReport(log if info.is_main else None)
+        dets, skipped = run_sliced_inference(model, data, pre, tiling, scale, batch_size, report, info, progress, **options)
+        first = None
+    else:
+        _warn_shrunk(data, pre, scale, log if info.is_main else None)
+        loader = batches if batches is not None else eval_loader(data, pre, batch_size, workers, info.rank, info.world_size)
+        dets, first, skipped = run_inference(model, loader, device, keep_first_batch=keep_first_batch, progress=progress,
+                                             **options)
     parts = all_gather_objects((dets, skipped), info)
     if not info.is_main:
         return None
     dets = {image_id: d for part, _ in parts for image_id, d in part.items()}
     skipped = sorted({path for _, paths in parts for path in paths})
-    stats, precision = coco_eval(data, dets)
+    cap = model.cfg.inference.max_det if max_det is FROM_CONFIG else max_det
+    max_dets = coco_max_dets(dets, None if sliced and max_det is FROM_CONFIG else cap)
+    stats, precision = coco_eval(data, dets, max_dets)
     ap, ap50 = per_class_ap(precision, data.class_names)
-    confusion = confusion_matrix(data, dets, conf) if with_confusion else None
+    confusion = confusion_matrix(data, dets, matrix_conf) if with_confusion else None
     extra = {"skipped_images": skipped} if skipped else {}
-    return EvalResult(stats, ap, ap50, dets, precision, confusion, first, extra)
+    return EvalResult(stats, ap, ap50, dets, precision, confusion, first, extra, max_dets)
+
+
+@torch.no_grad()
+def run_sliced_inference(model, data: DatasetRecords, preprocess: PreprocessConfig, tiling: TileOptions,
+                         scale: TrainingScale | None, batch_size: int, report: TilingReport, info: DistInfo,
+                         progress: bool = False, **options) -> tuple[dict[int, Detections], list[str]]:
+    """Detections of this rank's images of ``data`` (images r, r+world, ...), each read whole and sliced as
+    ``tiling`` decides, ``batch_size`` images (and their tiles ``batch_size`` at a time) per step; unreadable
+    files are skipped and listed (their boxes count as missed)."""
+    records = data.records[info.rank::info.world_size]
+    out: dict[int, Detections] = {}
+    skipped: list[str] = []
+    step = max(1, int(batch_size))
+    bar = tqdm(total=len(records), desc="val (sliced)", leave=False, disable=not progress)
+    for start in range(0, len(records), step):
+        images, kept = [], []
+        for r in records[start:start + step]:
+            try:
+                images.append(read_image(r.path))
+                kept.append(r)
+            except DataError:
+                skipped.append(str(r.path))
+        if images:
+            dets = detect_images(model, images, preprocess, tiling=tiling, scale=scale, batch_size=step, report=report,
+                                 **options)
+            for r, d in zip(kept, dets):
+                d.source = str(r.path)
+                out[int(r.image_id)] = d.cpu()
+        bar.update(len(records[start:start + step]))
+    bar.close()
+    if report.log is not None:
+        report.log(report.summary())
+    return out, skipped
+
+
+def _warn_shrunk(data: DatasetRecords, preprocess: PreprocessConfig, scale: TrainingScale | None, log) -> None:
+    """Say when whole-image inference shows images much smaller than the model was trained at."""
+    if log is None or scale is None:
+        return
+    for r in data.records:
+        warning = shrink_warning(r.height, r.width, preprocess, scale)
+        if warning:
+            log(f"warning: {warning}")
+            return
 
 
 def coco_results(detections: dict[int, Detections], category_ids: Sequence[int]) -> list[dict]:
@@ -199,9 +299,10 @@ def coco_results(detections: dict[int, Detections], category_ids: Sequence[int])
              "score": round(row[5], 5)} for row in coco_array(detections, category_ids).tolist()]
 
 
-def format_stats(stats: dict[str, float]) -> str:
-    width = max(len(s) for s in STAT_LABELS)
-    return "\n".join(f"  {name:<6} {label:<{width}}  {stats[name]:.4f}" for name, label in zip(STAT_NAMES, STAT_LABELS))
+def format_stats(stats: dict[str, float], max_dets: int = COCO_MAX_DETS) -> str:
+    labels = stat_labels(max_dets)
+    width = max(len(s) for s in labels)
+    return "\n".join(f"  {name:<6} {label:<{width}}  {stats[name]:.4f}" for name, label in zip(STAT_NAMES, labels))
 
 
 def format_froc(f: dict) -> str:
@@ -223,7 +324,7 @@ def format_per_class(result: EvalResult, data: DatasetRecords) -> str:
     return "\n".join(lines)
 
 
-def write_eval_outputs(result: EvalResult, data: DatasetRecords, out_dir: str | os.PathLike, conf: float,
+def write_eval_outputs(result: EvalResult, data: DatasetRecords, out_dir: str | os.PathLike, matrix_conf: float,
                        plots: bool = True) -> dict[str, Path]:
     """metrics.json, predictions.json (COCO results), PR curves and confusion matrix PNGs, and skipped.txt
     when images could not be read."""
@@ -237,8 +338,8 @@ def write_eval_outputs(result: EvalResult, data: DatasetRecords, out_dir: str | 
     if plots:
         files["pr_curves"] = plot_pr_curves(result.precision, data.class_names, out / "PR_curves.png")
         if result.confusion is None:
-            result.confusion = confusion_matrix(data, result.detections, conf)
-        files["confusion"] = plot_confusion(result.confusion, data.class_names, out / "confusion_matrix.png", conf)
+            result.confusion = confusion_matrix(data, result.detections, matrix_conf)
+        files["confusion"] = plot_confusion(result.confusion, data.class_names, out / "confusion_matrix.png", matrix_conf)
         if "froc" in result.extra:
             files["froc"] = plot_froc(result.extra["froc"], out / "FROC.png")
         if "screening" in result.extra:
@@ -248,20 +349,27 @@ def write_eval_outputs(result: EvalResult, data: DatasetRecords, out_dir: str | 
 
 def evaluate_detector(detector, data: str | os.PathLike | None = None, split: str | None = None, *,
                       batch: int | None = None, workers: int = 0, device: str | None = None, amp: Any = False,
-                      conf: float = 0.25, save_dir: str | os.PathLike | None = None, plots: bool = True,
+                      conf: float | None = None, iou: float | None = None, max_det: int | None | FromConfig = FROM_CONFIG,
+                      imgsz: int | None = None, tiling: TileOptions | None = None, matrix_conf: float = 0.25,
+                      save_dir: str | os.PathLike | None = None, plots: bool = True,
                       project: str = "runs", name: str | None = None, exist_ok: bool = False,
                       log=print, progress: bool = False, froc_hit: str = "iou:0.5",
                       operating_point: str | None = None) -> dict[str, Any]:
     """``Detector.val``: COCO metrics, FROC and operating points of a loaded detector on a dataset split.
 
     Without ``data`` the dataset (and val split, carved or not) recorded in the checkpoint is
-    used, with the validation batch size recorded there. ``froc_hit``: when a detection finds a lesion
-    (``iou:T`` or ``center``). ``operating_point`` (``fppi=F``, ``sensitivity=S``, ``f1``) chooses a score
-    threshold per class on this split; thresholds stored in the checkpoint are reported as reached here.
-    Writes outputs to ``save_dir`` (or a new ``<project>/val/<name>``) and returns the metrics dict.
+    used, with the validation batch size recorded there. ``conf``/``iou``/``max_det``/``imgsz``: inference as in
+    ``predict`` (default: the model's); ``tiling`` (default: ``TileOptions()``, slicing the images the model's
+    training scale calls for). ``matrix_conf``: the score threshold of the confusion matrix, the error counts and
+    the gallery. ``froc_hit``: when a detection finds a lesion (``iou:T`` or ``center``). ``operating_point``
+    (``fppi=F``, ``sensitivity=S``, ``f1``) chooses a score threshold per class on this split; thresholds stored
+    in the checkpoint are reported as reached here. Writes outputs to ``save_dir`` (or a new
+    ``<project>/val/<name>``) and returns the metrics dict.
     """
     rule = HitRule.parse(froc_hit)  # bad options fail before any inference
     point = OperatingPoint.parse(operating_point) if operating_point else None
+    pre = detector.model.cfg.preprocess.at_size(imgsz)
+    tiling = TileOptions() if tiling is None else tiling
     ck = detector.checkpoint or {}
     if data is None:
         info = ck.get("data")
@@ -280,21 +388,22 @@ def evaluate_detector(detector, data: str | os.PathLike | None = None, split: st
     if device is not None:
         detector.to(device)
     result = evaluate(detector.model, records, batch_size=batch, workers=workers, device=detector.device, amp=amp,
-                      conf=conf, progress=progress)
+                      matrix_conf=matrix_conf, progress=progress, preprocess=pre, conf=conf, iou=iou, max_det=max_det,
+                      tiling=tiling, scale=TrainingScale.from_dict(ck.get("scale")), log=log)
     split_name = records.split or "val"
-    reports = clinical_analysis(result, records, split_name, rule, point, ck.get("thresholds"), conf)
+    reports = clinical_analysis(result, records, split_name, rule, point, ck.get("thresholds"), matrix_conf)
     out = Path(save_dir) if save_dir else increment_run_dir(project, "val", name, exist_ok)
-    files = write_eval_outputs(result, records, out, conf, plots)
+    files = write_eval_outputs(result, records, out, matrix_conf, plots)
     if plots:
         files["gallery"] = draw_worst(records, result.detections, result.extra["errors"], out / "errors_gallery.png",
                                       records.class_names)
         counts = records.boxes_per_class()
         files["report"] = write_report(
-            out, result.metrics(), [(k, label, result.stats[k]) for k, label in zip(STAT_NAMES, STAT_LABELS)],
+            out, result.metrics(), [(k, label, result.stats[k]) for k, label in zip(STAT_NAMES, stat_labels(result.max_dets))],
             [(n, counts[n], result.per_class_ap[n], result.per_class_ap50[n]) for n in records.class_names],
             f"retinadet val: {getattr(detector, 'path', None) or 'model'} on {split_name} ({len(records)} images)", files)
     log(f"{split_name}: {len(records)} images, {sum(records.boxes_per_class().values())} boxes")
-    log(format_stats(result.stats))
+    log(format_stats(result.stats, result.max_dets))
     log(format_per_class(result, records))
     for report in reports:
         log(report)
@@ -309,7 +418,7 @@ def evaluate_detector(detector, data: str | os.PathLike | None = None, split: st
 
 
 def clinical_analysis(result: EvalResult, records: DatasetRecords, split_name: str, rule: HitRule,
-                      point: OperatingPoint | None, stored: dict | None, conf: float) -> list[str]:
+                      point: OperatingPoint | None, stored: dict | None, matrix_conf: float) -> list[str]:
     """What a screening team reports, into ``result.extra`` (and so metrics.json): FROC, the operating point
     chosen here or what the checkpoint's thresholds reach here, image-level screening and the error analysis.
     Returns the printed tables."""
@@ -336,7 +445,7 @@ def clinical_analysis(result: EvalResult, records: DatasetRecords, split_name: s
     result.extra["screening"] = screening(records, result.detections,
                                           {k: v["threshold"] for k, v in thresholds.items()} if thresholds else None)
     reports.append(format_screening(result.extra["screening"]))
-    result.extra["errors"] = error_analysis(records, result.detections, conf)
+    result.extra["errors"] = error_analysis(records, result.detections, matrix_conf)
     reports.append(format_errors(result.extra["errors"]))
     return reports
 

@@ -22,6 +22,7 @@ from retinadet.engine.train_state import rng_state, set_rng_state
 from retinadet.engine.trainer import HookBase, any_rank
 from retinadet.errors import RetinadetError
 from retinadet.utils.files import read_csv, write_csv
+from retinadet.utils.tiling import TileOptions, TrainingScale, plan_tiles
 from retinadet.weights import make_checkpoint, save_checkpoint
 
 RESULT_COLUMNS = ["epoch", "loss_total", "loss_cls", "loss_box", "lr", *STAT_NAMES, "epoch_time", "skipped_steps"]
@@ -138,9 +139,11 @@ class EvalHook(HookBase):
     they cost about a tenth of the validation, and results.csv and the checkpoints hold every epoch."""
 
     def __init__(self, data: DatasetRecords, *, batch_size: int, workers: int, conf: float, every: int, patience: int,
-                 amp: Any, plots: bool, save_dir: Path):
+                 amp: Any, plots: bool, save_dir: Path, scale: TrainingScale | None = None):
         self.data, self.batch_size, self.workers, self.conf = data, batch_size, workers, conf
         self.every, self.patience, self.amp, self.plots, self.save_dir = every, patience, amp, plots, save_dir
+        # Val images larger than the training inputs are sliced at the training scale (as `val` and `predict` do).
+        self.scale, self.tiling = scale, TileOptions()
         self._cache: Any = None  # the decoded val batches; None: not built yet; False: too large to keep
         self._last: EvalResult | None = None  # rank 0's last validation
 
@@ -149,7 +152,8 @@ class EvalHook(HookBase):
         if self._cache is None:
             pre, dist = self.trainer.model.cfg.preprocess, self.trainer.dist
             per_rank = math.ceil(len(self.data) / dist.world_size)
-            if per_rank * 3 * input_size(pre) ** 2 > VAL_CACHE_BYTES:
+            sliced = any(plan_tiles(r.height, r.width, pre, self.scale, self.tiling) for r in self.data.records)
+            if sliced or per_rank * 3 * input_size(pre) ** 2 > VAL_CACHE_BYTES:  # sliced: read whole each time
                 self._cache = False
             else:
                 self._cache = list(eval_loader(self.data, pre, self.batch_size, self.workers, dist.rank, dist.world_size))
@@ -161,8 +165,8 @@ class EvalHook(HookBase):
             return
         main = t.dist.is_main
         result = evaluate(t.eval_model, self.data, batch_size=self.batch_size, workers=self.workers, device=t.device,
-                          amp=self.amp, dist_info=t.dist, conf=self.conf, keep_first_batch=main and self.plots,
-                          batches=self._batches(), with_confusion=False)
+                          amp=self.amp, dist_info=t.dist, matrix_conf=self.conf, keep_first_batch=main and self.plots,
+                          batches=self._batches(), with_confusion=False, tiling=self.tiling, scale=self.scale)
         metrics = D.broadcast_object(result.metrics() if result is not None else None, t.dist)
         t.metrics.update(metrics)
         if float(metrics["AP"]) > s.best_fitness:

@@ -7,7 +7,6 @@ An input that cannot be read is skipped with one line naming it and why, counted
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,13 +20,14 @@ from retinadet.data.images import read_image
 from retinadet.engine.plots import draw_boxes, save_image
 from retinadet.engine.video import VideoWriter, probe_video, read_video_frames
 from retinadet.errors import DataError
-from retinadet.model.inference import detect_images
+from retinadet.model.inference import TilingReport, detect_images
 from retinadet.utils.files import increment_run_dir, write_json
 from retinadet.utils.prediction_writer import PredictionWriter, input_key
 from retinadet.utils.sentinels import FROM_CONFIG, FromConfig
 from retinadet.utils.sources import VIDEO_SUFFIXES
 from retinadet.utils.sources import list_sources as _list_sources
 from retinadet.utils.thresholds import resolve_thresholds
+from retinadet.utils.tiling import TileOptions, tile_options
 
 
 @dataclass
@@ -88,12 +88,17 @@ def predict(detector: Any, source: str | os.PathLike, *, conf: float | None = No
             max_det: int | None | FromConfig = FROM_CONFIG, batch: int = 4, imgsz: int | None = None, amp: Any = False,
             save: bool = True, save_txt: bool = False, save_csv: bool = False, project: str = "runs",
             name: str | None = None, exist_ok: bool = False, progress: bool = True, log=print, strict: bool = False,
-            resume: str | os.PathLike | None = None, run_args: dict | None = None) -> dict[str, Any]:
+            resume: str | os.PathLike | None = None, run_args: dict | None = None,
+            tile: TileOptions | int | str | None = "auto", tile_overlap: float = 0.2, tile_merge: str = "nms",
+            tile_match: str = "iou", tile_threshold: float | None = None, full_image: bool = False) -> dict[str, Any]:
     """Run ``detector`` (a :class:`retinadet.detector.Detector`: model, class names, category ids) on
     ``source``; returns counts and the output folder. ``conf`` None: the per-class thresholds stored in the
     checkpoint (``val --save-thresholds``), else 0.25. ``imgsz`` resizes to that size instead of the
-    model's (the detector is left as it is). ``resume``: the folder of an interrupted run to finish;
+    model's (the detector is left as it is). ``tile*``/``full_image``: sliced inference
+    (:class:`retinadet.utils.tiling.TileOptions`; ``auto`` slices images the whole-image resize would shrink
+    below the model's training scale). ``resume``: the folder of an interrupted run to finish;
     ``run_args`` (what the run was asked, for resuming it) go to its ``args.json``."""
+    tiling = tile_options(tile, tile_overlap, tile_merge, tile_match, tile_threshold, full_image)  # fails before any work
     files = list_sources(source)
     conf, per_class, message = resolve_thresholds(detector.class_names,
                                                   (getattr(detector, "checkpoint", None) or {}).get("thresholds"), conf)
@@ -101,10 +106,7 @@ def predict(detector: Any, source: str | os.PathLike, *, conf: float | None = No
         log(message)
     per_class = torch.tensor(per_class) if per_class is not None else None
     model = detector.model
-    pre = model.cfg.preprocess
-    if imgsz:
-        sizes = pre.size_overrides(imgsz)
-        pre = dataclasses.replace(pre, **{k.split(".", 1)[1]: v for k, v in sizes.items()})
+    pre = model.cfg.preprocess.at_size(imgsz)
     out = Path(resume) if resume is not None else increment_run_dir(project, "predict", name, exist_ok)
     writer = PredictionWriter(out, detector.class_names, detector.category_ids, save_txt=save_txt, save_csv=save_csv,
                               resume=resume is not None)
@@ -113,14 +115,16 @@ def predict(detector: Any, source: str | os.PathLike, *, conf: float | None = No
     if writer.done:
         log(f"resuming {out}: {len(writer.done)} input(s) already done")
     videos = any(Path(f).suffix.lower() in VIDEO_SUFFIXES for f in files)
+    report = TilingReport(log)
     bar = tqdm(desc="predict", unit="img", disable=not progress, total=None if videos else len(files) - len(writer.done))
     drawn_videos: dict[str, VideoWriter] = {}  # one annotated video per video source
     try:
         for chunk in _batches(iter_frames(files, writer, strict, log), max(1, batch)):
             # A frame a resumed run already did is drawn from its recorded detections, so the video stays whole.
             todo = [fr for fr in chunk if not writer.is_done(fr.source, fr.frame_index)]
-            results = detect_images(model, [fr.image for fr in todo], conf=conf, iou=iou, max_det=max_det, amp=amp,
-                                    class_names=detector.class_names, preprocess=pre) if todo else []
+            results = detect_images(model, [fr.image for fr in todo], pre, tiling=tiling, scale=detector.scale,
+                                    batch_size=batch, report=report, conf=conf, iou=iou, max_det=max_det, amp=amp,
+                                    class_names=detector.class_names) if todo else []
             found = {id(fr): r.cpu() for fr, r in zip(todo, results)}
             if per_class is not None:
                 found = {k: r[r.scores >= per_class[r.labels]] for k, r in found.items()}
@@ -151,7 +155,7 @@ def predict(detector: Any, source: str | os.PathLike, *, conf: float | None = No
     for v in drawn_videos.values():
         v.close()
     result = writer.close()
-    for line in (writer.summary(), f"results saved to {out}"):
+    for line in (writer.summary(), *([report.summary()] if report.sliced else []), f"results saved to {out}"):
         log(line)
     if result["images"] == 0 and result["skipped"]:
         raise DataError(f"none of the {result['skipped']} input(s) could be read; see {out / 'skipped.txt'}")

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from retinadet.data.records import DatasetRecords
+from retinadet.data.transforms import transform_config
 from retinadet.engine import distributed as D
 from retinadet.engine.config import TrainConfig, resolve_config
 from retinadet.engine.cpu_tuning import tune_cpu_process
@@ -22,6 +23,7 @@ from retinadet.engine.datasets import train_val_splits
 from retinadet.engine.hooks import RESULT_COLUMNS, CheckpointHook, EvalHook, LoggingHook, StopHook, TrainingStopped, input_size
 from retinadet.engine.loaders import TrainLoader, scaled_preprocess
 from retinadet.engine.schedule import build_scheduler
+from retinadet.engine.train_scale import describe_scale, sliced_validation, training_scale
 from retinadet.engine.train_state import ModelEMA, TrainState, find_last
 from retinadet.engine.trainer import HookBase, Trainer
 from retinadet.errors import ConfigError, RetinadetError
@@ -30,6 +32,7 @@ from retinadet.model.backbones import torchvision_classification_models
 from retinadet.model.presets import PRESETS, get_preset
 from retinadet.utils.device import resolve_device
 from retinadet.utils.files import RunLog, atomic_write_text, increment_run_dir, write_yaml
+from retinadet.utils.tiling import TileOptions, TrainingScale
 from retinadet.weights import load_checkpoint, load_for_finetune, resolve_weights
 
 __all__ = ["train", "TrainResult", "TrainingStopped", "RESULT_COLUMNS", "build_optimizer", "param_groups", "seed_everything",
@@ -209,7 +212,12 @@ def _build(cfg: TrainConfig, dist: D.DistInfo, device: torch.device, resume: _Re
             log(f"progressive resizing: epochs 1-{small[0]} train at {input_size(small[1])}px, "
                 f"then {input_size(mcfg.preprocess)}px; validation at {input_size(mcfg.preprocess)}px")
 
-    hooks = _hooks(cfg, save_dir, log, train_data, val_data, data_info, val_batch, resume)
+    scale = training_scale(train_data, mcfg.preprocess, transform_config(cfg.augment).scale_range)
+    if dist.is_main:
+        log(describe_scale(scale))
+        if (line := sliced_validation(val_data, mcfg.preprocess, scale, TileOptions())) is not None:
+            log(line)
+    hooks = _hooks(cfg, save_dir, log, train_data, val_data, data_info, val_batch, resume, scale)
     trainer = Trainer(model, loader, optimizer, build_scheduler(optimizer, total_iters, warmup, cfg.schedule, cfg.lr_final),
                       state=resume.state if resume is not None else TrainState(), max_epochs=cfg.epochs, device=device,
                       dist=dist, amp=cfg.amp, clip_grad=cfg.clip_grad, ema=ema, hooks=hooks)
@@ -267,15 +275,15 @@ def _build_model(cfg: TrainConfig, num_classes: int, finetune: dict | None, devi
 
 
 def _hooks(cfg: TrainConfig, save_dir: Path, log: RunLog, train_data: DatasetRecords, val_data: DatasetRecords,
-           data_info: dict, val_batch: int, resume: _Resume | None) -> list[HookBase]:
+           data_info: dict, val_batch: int, resume: _Resume | None, scale: TrainingScale) -> list[HookBase]:
     """The hooks in calling order: stopping first (a stop decided after a step is then saved by the checkpoint
     hook in that same step), then validation, whose metrics the checkpoint and logging hooks record."""
     wdir = save_dir / "weights"
-    meta = {"data": data_info, "train_config": {**cfg.to_dict(), "val_batch": val_batch}}
+    meta = {"data": data_info, "train_config": {**cfg.to_dict(), "val_batch": val_batch}, "scale": scale.to_dict()}
     return [
         StopHook(max_iters=cfg.max_iters, max_bad_steps=cfg.max_bad_steps, last=wdir / "last.pt", save_dir=save_dir, log=log),
         EvalHook(val_data, batch_size=val_batch, workers=min(cfg.workers, 2), conf=cfg.conf, every=cfg.val_every,
-                 patience=cfg.patience, amp=cfg.amp, plots=cfg.plots, save_dir=save_dir),
+                 patience=cfg.patience, amp=cfg.amp, plots=cfg.plots, save_dir=save_dir, scale=scale),
         CheckpointHook(wdir, class_names=list(train_data.class_names), category_ids=list(train_data.category_ids), meta=meta,
                        log=log, resume=resume.checkpoint if resume is not None else None),
         LoggingHook(save_dir, log, progress=cfg.progress, plots=cfg.plots),

@@ -132,6 +132,14 @@ class PreprocessConfig:
         sizes = {"preprocess.min_size": int(imgsz), "preprocess.max_size": int(imgsz)}
         return {**sizes, "preprocess.fixed_size": int(imgsz)} if self.fixed_size else sizes
 
+    def at_size(self, imgsz: int | None) -> PreprocessConfig:
+        """This resize rule at another input size (``--imgsz``); None: unchanged."""
+        if not imgsz:
+            return self
+        if int(imgsz) < 32:
+            raise ConfigError(f"--imgsz must be >= 32, got {imgsz}")
+        return dataclasses.replace(self, **{k.split(".", 1)[1]: v for k, v in self.size_overrides(imgsz).items()})
+
 
 @dataclass
 class ModelConfig:

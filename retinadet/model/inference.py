@@ -1,22 +1,38 @@
-"""The inference path: a padded input batch -> :class:`Detections` in each original image's pixels.
+"""The inference path: images -> :class:`Detections` in each original image's pixels.
 
-One function for ``Detector.predict``, evaluation, prediction over folders and videos, and (with
-the tiling and serving to come) everything else that turns images into detections. Grad-CAM
-runs its own grad-enabled forward pass and decodes it with the same ``RetinaNet.postprocess``.
+One path for ``Detector.predict``, evaluation, prediction over folders and videos and the server:
+:func:`detect_batch` decodes a padded batch; :func:`detect_images` resizes images by the model's rule,
+and slices those that the whole-image resize would shrink below the scale the model was trained at
+(:mod:`retinadet.utils.tiling` decides and merges). Grad-CAM runs its own grad-enabled forward pass
+and decodes it with the same ``RetinaNet.postprocess``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
+from torch import Tensor
 
 from retinadet.model.config import PreprocessConfig
 from retinadet.model.preprocess import InputBatch, prepare_batch
 from retinadet.model.retinanet import RetinaNet
 from retinadet.structures import Detections
 from retinadet.utils.device import autocast_context
+from retinadet.utils.resize import resize_scale
 from retinadet.utils.sentinels import FROM_CONFIG, FromConfig
+from retinadet.utils.tiling import (
+    TileOptions,
+    TilePlan,
+    TrainingScale,
+    describe_plan,
+    full_image_keep,
+    merge_tiles,
+    plan_tiles,
+    shrink_warning,
+)
 
 
 @torch.no_grad()
@@ -40,9 +56,137 @@ def detect_batch(model: RetinaNet, batch: InputBatch, *, conf: float | None = No
         model.train(was_training)
 
 
-def detect_images(model: RetinaNet, images: Sequence[torch.Tensor], preprocess: PreprocessConfig | None = None,
-                  **options) -> list[Detections]:
-    """:func:`detect_batch` on uint8 (or [0, 1] float) images [3, h, w] of any sizes, resized by the
-    model's rule (or by ``preprocess``'s, e.g. another input size)."""
+@dataclass
+class TilingReport:
+    """What sliced inference did over a run: said once per kind as it happens (``log``), counted for the summary."""
+
+    log: Callable[[str], None] | None = None
+    images: int = 0
+    sliced: int = 0
+    tiles: int = 0
+    said: set = field(default_factory=set)
+
+    def note(self, key, message: str) -> None:
+        if key not in self.said:
+            self.said.add(key)
+            if self.log is not None:
+                self.log(message)
+
+    def summary(self) -> str:
+        if not self.sliced:
+            return f"sliced inference: none of {self.images} image(s) needed slicing"
+        return f"sliced inference: {self.sliced} of {self.images} image(s) in {self.tiles} tiles"
+
+
+def plan_images(images: Sequence[Tensor], preprocess: PreprocessConfig, tiling: TileOptions | None,
+                scale: TrainingScale | None, report: TilingReport | None = None) -> list[TilePlan | None]:
+    """The slicing of each image (None: whole), reported as decided."""
+    plans = []
+    for img in images:
+        h, w = int(img.shape[-2]), int(img.shape[-1])
+        plan = plan_tiles(h, w, preprocess, scale, tiling) if tiling is not None else None
+        if report is not None:
+            report.images += 1
+            if plan is not None:
+                report.sliced += 1
+                report.tiles += len(plan.grid(h, w))
+                report.note(("plan", plan.tile, plan.overlap), f"sliced inference: {describe_plan(plan, h, w)}"
+                            + (f"; {plan.reason}" if plan.reason else ""))
+            elif (warning := shrink_warning(h, w, preprocess, scale)) is not None:
+                report.note("shrink", f"warning: {warning}")
+        plans.append(plan)
+    return plans
+
+
+@torch.no_grad()
+def detect_images(model: RetinaNet, images: Sequence[Tensor], preprocess: PreprocessConfig | None = None, *,
+                  tiling: TileOptions | None = None, scale: TrainingScale | None = None, batch_size: int | None = None,
+                  report: TilingReport | None = None, conf: float | None = None, iou: float | None = None,
+                  max_det: int | None | FromConfig = FROM_CONFIG, amp: bool | str = False,
+                  class_names: Sequence[str] = ()) -> list[Detections]:
+    """Detections of uint8 (or [0, 1] float) images [3, h, w] of any sizes, resized by the model's rule (or
+    ``preprocess``'s, e.g. another input size), boxes in original pixels.
+
+    ``tiling`` (None: never slice) slices an image as :func:`retinadet.utils.tiling.plan_tiles` decides from
+    ``scale``, the model's training scale. The tiles of all images, and the whole images, go through the network
+    together, ``batch_size`` regions at a time (default: all at once); tiles share one geometry, so their anchors
+    are built once. A sliced image's ``max_det`` (FROM_CONFIG: no cap) applies after the merge; each tile keeps
+    the model's own cap."""
+    pre = preprocess or model.cfg.preprocess
     device = next(model.parameters()).device
-    return detect_batch(model, prepare_batch(images, preprocess or model.cfg.preprocess, device), **options)
+    common = dict(conf=conf, iou=iou, amp=amp, class_names=class_names)
+    plans = plan_images(images, pre, tiling, scale, report)
+    if all(p is None for p in plans):
+        return _run_regions(model, list(images), pre, device, batch_size, max_det=max_det, **common)
+    # Regions: (image, tile index or -1 for the whole image, x1, y1, pixels).
+    regions: list[tuple[int, int, int, int, Tensor]] = []
+    grids: list[np.ndarray | None] = []
+    for i, (img, plan) in enumerate(zip(images, plans)):
+        if plan is None:
+            regions.append((i, -1, 0, 0, img))
+            grids.append(None)
+            continue
+        grid = plan.grid(int(img.shape[-2]), int(img.shape[-1]))
+        grids.append(grid)
+        regions += [(i, t, int(x1), int(y1), img[:, y1:y2, x1:x2]) for t, (x1, y1, x2, y2) in enumerate(grid.tolist())]
+        if tiling.full_image:
+            regions.append((i, -1, 0, 0, img))
+    # One pass without a cap, then each region's own: a whole image's is ``max_det``, a tile's the model's.
+    model_cap = model.cfg.inference.max_det
+    whole_cap = model_cap if max_det is FROM_CONFIG else max_det
+    tile_cap = None if max_det is None else model_cap
+    found = _run_regions(model, [r[4] for r in regions], pre, device, batch_size, max_det=None, **common)
+    found = [d if (cap := whole_cap if plans[i] is None else tile_cap) is None else d[:cap]
+             for (i, *_), d in zip(regions, found)]
+    per_image: list[list[tuple[int, int, int, Detections]]] = [[] for _ in images]
+    for (i, t, x1, y1, _), d in zip(regions, found):
+        per_image[i].append((t, x1, y1, d))
+    nms_iou = model.cfg.inference.nms_iou if iou is None else iou
+    cap = None if max_det is FROM_CONFIG else max_det
+    out = []
+    for img, plan, grid, parts in zip(images, plans, grids, per_image):
+        if plan is None:
+            out.append(parts[0][3])
+            continue
+        h, w = int(img.shape[-2]), int(img.shape[-1])
+        th, tw = min(plan.tile[0], h), min(plan.tile[1], w)
+        net_scale = resize_scale(th, tw, pre.min_size, pre.max_size, pre.fixed_size)
+        out.append(_merge_image(parts, plan, grid, (h, w), tiling, nms_iou, net_scale, cap, list(class_names)))
+    return out
+
+
+def _run_regions(model: RetinaNet, regions: list[Tensor], pre: PreprocessConfig, device, batch_size: int | None,
+                 **options) -> list[Detections]:
+    step = max(1, int(batch_size)) if batch_size else max(1, len(regions))
+    out: list[Detections] = []
+    for start in range(0, len(regions), step):
+        out += detect_batch(model, prepare_batch(regions[start:start + step], pre, device), **options)
+    return out
+
+
+def _merge_image(parts: list[tuple[int, int, int, Detections]], plan: TilePlan, grid: np.ndarray, size: tuple[int, int],
+                 tiling: TileOptions, nms_iou: float, net_scale: float, cap: int | None, names: list[str]) -> Detections:
+    """One sliced image's detections: tile boxes moved into image pixels, seams filtered, tiles merged."""
+    h, w = size
+    boxes, scores, labels, anchors, levels, tile_index, regions = [], [], [], [], [], [], []
+    for t, x1, y1, d in parts:
+        if t < 0:  # the whole-image pass adds only what no tile can hold whole
+            d = d[torch.from_numpy(full_image_keep(d.boxes.cpu().numpy(), plan)).to(d.boxes.device)]
+            region = [0, 0, w, h]
+        else:
+            region = grid[t].tolist()
+        offset = d.boxes.new_tensor([x1, y1, x1, y1])
+        boxes.append(d.boxes + offset)
+        scores.append(d.scores)
+        labels.append(d.labels)
+        anchors.append(d.anchor_index)
+        levels.append(d.level)
+        tile_index.append(torch.full_like(d.labels, t))
+        regions.append(torch.tensor(region, dtype=torch.int64, device=d.labels.device).expand(len(d), 4))
+    boxes, scores, labels, anchors, levels, tile_index, regions = (torch.cat(x) for x in (boxes, scores, labels, anchors,
+                                                                                         levels, tile_index, regions))
+    keep, merged = merge_tiles(boxes.cpu().numpy(), scores.cpu().numpy(), labels.cpu().numpy(), tile_index.cpu().numpy(),
+                               grid, h, w, tiling, nms_iou, net_scale, cap)
+    idx = torch.from_numpy(keep).to(boxes.device)
+    return Detections(torch.from_numpy(merged).to(boxes), scores[idx], labels[idx], anchors[idx], levels[idx], (h, w),
+                      names, tiles=regions[idx])

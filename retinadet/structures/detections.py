@@ -32,6 +32,9 @@ class Detections:
     image_size: tuple[int, int]  # (h, w) of the frame the boxes are in
     class_names: list[str] = field(default_factory=list)
     source: str | None = None  # file name, when the image came from one
+    # [D, 4] int64 xyxy: the region of the image the network saw for each detection (sliced inference);
+    # None when it saw the whole image.
+    tiles: Tensor | None = None
 
     @classmethod
     def empty(cls, image_size: tuple[int, int], class_names: Sequence[str] = (), device=None) -> Detections:
@@ -47,7 +50,8 @@ class Detections:
         if isinstance(index, int):
             index = slice(index, index + 1 if index != -1 else None)
         return replace(self, boxes=self.boxes[index], scores=self.scores[index], labels=self.labels[index],
-                       anchor_index=self.anchor_index[index], level=self.level[index])
+                       anchor_index=self.anchor_index[index], level=self.level[index],
+                       tiles=None if self.tiles is None else self.tiles[index])
 
     @property
     def names(self) -> list[str]:
@@ -55,7 +59,8 @@ class Detections:
 
     def to(self, device) -> Detections:
         return replace(self, boxes=self.boxes.to(device), scores=self.scores.to(device), labels=self.labels.to(device),
-                       anchor_index=self.anchor_index.to(device), level=self.level.to(device))
+                       anchor_index=self.anchor_index.to(device), level=self.level.to(device),
+                       tiles=None if self.tiles is None else self.tiles.to(device))
 
     def cpu(self) -> Detections:
         return self.to("cpu")
@@ -66,7 +71,8 @@ class Detections:
         if (h, w) == tuple(self.image_size):
             return self
         ratio = self.boxes.new_tensor([w / self.image_size[1], h / self.image_size[0]]).repeat(2)
-        return replace(self, boxes=self.boxes * ratio, image_size=(h, w))
+        tiles = None if self.tiles is None else (self.tiles * ratio.to(self.tiles.device)).round().long()
+        return replace(self, boxes=self.boxes * ratio, image_size=(h, w), tiles=tiles)
 
     def xywh(self) -> Tensor:
         """Boxes as COCO [x, y, w, h]."""
