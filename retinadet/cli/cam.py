@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from retinadet.cli.options import tiling_kwargs, tiling_options
 from retinadet.explain.cam import LAYERS, METHODS, NORM_STATS, TARGETS
 
 
@@ -20,6 +21,7 @@ from retinadet.explain.cam import LAYERS, METHODS, NORM_STATS, TARGETS
               help="cls: the detection's class logit; box: the sum of its anchor's box deltas.")
 @click.option("--conf", type=float, default=0.25, show_default=True, help="Score threshold.")
 @click.option("--iou", type=float, default=None, help="NMS IoU (default: the model's).")
+@click.option("--imgsz", type=int, default=None, help="Input size (default: the model's).")
 @click.option("--norm-stats", type=click.Choice(NORM_STATS), default="detach", show_default=True,
               help="detach: back-propagate through GroupNorm with constant statistics (localises on GN heads); exact: true gradient.")
 @click.option("--save-npy", is_flag=True, help="Also write each raw heatmap (original pixels) as .npy.")
@@ -28,15 +30,18 @@ from retinadet.explain.cam import LAYERS, METHODS, NORM_STATS, TARGETS
 @click.option("--name", default=None, help="Run name under PROJECT/cam. [default: exp]")
 @click.option("--exist-ok", is_flag=True)
 @click.option("--strict", is_flag=True, help="Stop at the first unreadable image instead of skipping it.")
-def command(weights, source, method, layer, topk, class_name, box_index, target, conf, iou, norm_stats, save_npy, device, project,
-            name, exist_ok, strict) -> None:
+@tiling_options
+def command(weights, source, method, layer, topk, class_name, box_index, target, conf, iou, imgsz, norm_stats, save_npy, device,
+            project, name, exist_ok, strict, **tiling) -> None:
     """Write one heatmap overlay per explained detection and a grid per image."""
     # Imported here: `retinadet --help` loads every command module, and the API loads everything.
     from retinadet.detector import load
     from retinadet.explain.run import run_cam
     from retinadet.utils.sources import list_sources
+    from retinadet.utils.tiling import tile_options
 
-    list_sources(source)  # a bad source fails before the weights are loaded
+    tiles = tile_options(**tiling_kwargs(tiling))  # bad flags and sources fail before the weights are loaded
+    list_sources(source)
     run_cam(load(weights, device=device), source, method=method, layer=layer, topk=topk, class_name=class_name,
             box_index=box_index, target=target, conf=conf, iou=iou, norm_stats=norm_stats, save_npy=save_npy,
-            project=project, name=name, exist_ok=exist_ok, log=click.echo, strict=strict)
+            project=project, name=name, exist_ok=exist_ok, log=click.echo, strict=strict, imgsz=imgsz, tiling=tiles)

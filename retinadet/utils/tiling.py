@@ -145,9 +145,11 @@ class TilePlan:
     reason: str = ""
 
     @classmethod
-    def of(cls, tile: int | tuple[int, int], overlap: float, reason: str = "") -> TilePlan:
+    def of(cls, tile: int | tuple[int, int], overlap: float, reason: str = "", min_overlap: float = 0) -> TilePlan:
+        """Tiles overlapping by the fraction ``overlap``, and by at least ``min_overlap`` px (at most half a tile)."""
         h, w = _hw(tile)
-        return cls((h, w), (int(round(h * overlap)), int(round(w * overlap))), reason)
+        oh, ow = (min(max(int(round(side * overlap)), math.ceil(min_overlap)), side // 2) for side in (h, w))
+        return cls((h, w), (max(oh, int(round(h * overlap))), max(ow, int(round(w * overlap)))), reason)
 
     def grid(self, height: int, width: int) -> np.ndarray:
         return tile_grid(height, width, self.tile, self.overlap)
@@ -168,7 +170,8 @@ def plan_tiles(height: int, width: int, preprocess: Mapping | object, scale: Tra
     if options.tile is None:
         return None
     if options.tile != "auto":
-        return TilePlan.of(options.tile, options.overlap, "--tile")
+        h, w = _hw(options.tile)
+        return TilePlan.of(options.tile, options.overlap, f"as asked (--tile {w if h == w else f'{w}x{h}'})")
     if scale is None:
         return None
     lo, hi, fixed = _rule(preprocess)
@@ -180,7 +183,9 @@ def plan_tiles(height: int, width: int, preprocess: Mapping | object, scale: Tra
         return None
     reason = (f"whole, it would reach the network at {whole:.3g}x, below the {scale.resize_scale:.3g}x the model was "
               f"trained at")
-    return TilePlan.of((th, tw), options.overlap, reason)
+    # The overlap holds whole the objects the model was trained on (95% of them), so a seam cuts none for good:
+    # on 3x3 BCCD mosaics (cells up to 164 px) 0.35 of the tile reached AP50 0.838, 0.2 of it 0.830.
+    return TilePlan.of((th, tw), options.overlap, reason, scale.object_size_p95 or 0)
 
 
 def shrink_warning(height: int, width: int, preprocess: Mapping | object, scale: TrainingScale | None) -> str | None:
