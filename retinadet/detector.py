@@ -18,11 +18,11 @@ from retinadet.errors import ConfigError, DataError
 from retinadet.explain import Explanation, explain
 from retinadet.export import onnx_runtime
 from retinadet.model import ModelConfig, RetinaNet, resolve_model_config
-from retinadet.model.inference import TilingReport, detect_images
+from retinadet.model.inference import detect_images
 from retinadet.structures import Detections, DetectionsList
 from retinadet.utils.device import resolve_device
 from retinadet.utils.sentinels import FROM_CONFIG, FromConfig
-from retinadet.utils.tiling import TileOptions, TrainingScale, tile_options
+from retinadet.utils.tiling import TileOptions, TilingReport, TrainingScale, tile_options
 from retinadet.weights.checkpoint import save_checkpoint
 from retinadet.weights.resolve import load_checkpoint, load_weights
 

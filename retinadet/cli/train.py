@@ -12,9 +12,22 @@ from retinadet.engine.train import train
 AMP_VALUES = {"off": False, "on": True, "bf16": "bf16", "fp16": "fp16"}
 
 
+def _tile(ctx, param, value: str | None) -> int | str | None:
+    """``--tile``: a size in pixels or ``auto`` (resolved to the model's input size when the run is built)."""
+    if value is None:
+        return None
+    if value.strip().lower() == "auto":
+        return "auto"
+    if not value.strip().isdigit():
+        raise click.BadParameter(f"expected a size in pixels or auto, got '{value}'")
+    return int(value)
+
+
 @click.command("train")
 @click.option("--config", type=click.Path(dir_okay=False), default=None, help="YAML file of options; flags win over it.")
-@click.option("--data", default=None, help="Dataset path or YAML (any format the data layer reads) or 'shapes'. [default: shapes]")
+@click.option("--data", default=None,
+              help="Dataset path or YAML (any format the data layer reads), 'shapes' or 'shapes-large' (~2000 px images "
+                   "of small objects, for --tile). [default: shapes]")
 @click.option("--model", default=None, help="Model preset or backbone name. [default: fast, or the --weights model]")
 @click.option("--imgsz", type=int, default=None, help="Input size (short side and long-side cap).")
 @click.option("--epochs", type=int, default=None, help="Epochs. [default: 14]")
@@ -41,6 +54,13 @@ AMP_VALUES = {"off": False, "on": True, "bf16": "bf16", "fp16": "fp16"}
               help="Fraction of the epochs (the first ones) trained on smaller inputs; 0 = off. [default: 0.5]")
 @click.option("--progressive-scale", type=float, default=None,
               help="Input size of those epochs, as a fraction of the model's. [default: 0.78]")
+@click.option("--tile", callback=_tile, default=None, metavar="SIZE|auto",
+              help="Tiled training: each epoch samples SIZE px square tiles of the images anew (one coverage of each "
+                   "image's area); auto: the model's input size. [default: off]")
+@click.option("--tile-negatives", type=float, default=None, help="Share of empty tiles with --tile. [default: 0.1]")
+@click.option("--tile-min-visibility", type=float, default=None,
+              help="A box cut by a tile edge stays a target when this share of it is inside, else it is ignored. "
+                   "[default: 0.5]")
 @click.option("--device", default=None, help="auto, cpu, cuda, cuda:N or mps. [default: auto]")
 @click.option("--workers", type=int, default=None, help="Data loader processes. [default: 2]")
 @click.option("--seed", type=int, default=None, help="[default: 0]")

@@ -45,6 +45,11 @@ class TrainConfig:
     # validation always runs at full size.
     progressive: float = 0.5
     progressive_scale: float = 0.78
+    # Tiled training: each epoch trains on square tiles of this many original pixels, sampled anew from the
+    # images (retinadet.data.tiles); "auto": the model's input canvas, recorded as that int once the run is built.
+    tile: int | str | None = None
+    tile_negatives: float = 0.1  # share of empty tiles
+    tile_min_visibility: float = 0.5  # a box cut by a tile edge under this share inside is ignored
     device: str = "auto"
     workers: int = 2
     seed: int = 0
@@ -101,6 +106,14 @@ class TrainConfig:
             raise ConfigError(f"--progressive (fraction of epochs on smaller inputs) must be in [0, 1], got {self.progressive}")
         if not 0.0 < float(self.progressive_scale) <= 1.0:
             raise ConfigError(f"--progressive-scale must be in (0, 1], got {self.progressive_scale}")
+        if self.tile is not None and self.tile != "auto" and (isinstance(self.tile, bool) or not isinstance(self.tile, int)
+                                                              or self.tile < 32):
+            raise ConfigError(f"--tile must be a size in pixels >= 32 or auto, got {self.tile!r}")
+        if not 0.0 <= float(self.tile_negatives) <= 1.0:
+            raise ConfigError(f"--tile-negatives (share of empty tiles) must be in [0, 1], got {self.tile_negatives}")
+        if not 0.0 <= float(self.tile_min_visibility) <= 1.0:
+            raise ConfigError(f"--tile-min-visibility (share of a cut box inside the tile) must be in [0, 1], "
+                              f"got {self.tile_min_visibility}")
         return self
 
     @property

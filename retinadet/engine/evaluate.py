@@ -37,12 +37,12 @@ from retinadet.engine.report import write_report
 from retinadet.engine.screening import format_screening, screening
 from retinadet.errors import ConfigError, DataError
 from retinadet.model.config import PreprocessConfig
-from retinadet.model.inference import TilingReport, detect_batch, detect_images
+from retinadet.model.inference import detect_batch, detect_images
 from retinadet.model.preprocess import InputBatch
 from retinadet.structures import Detections
 from retinadet.utils.files import atomic_write_text, increment_run_dir, write_json
 from retinadet.utils.sentinels import FROM_CONFIG, FromConfig
-from retinadet.utils.tiling import TileOptions, TrainingScale, plan_tiles, shrink_warning
+from retinadet.utils.tiling import TileOptions, TilingReport, TrainingScale, plan_tiles, shrink_warning
 
 STAT_NAMES = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
 _STAT_TEXT = [

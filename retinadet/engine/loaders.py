@@ -3,7 +3,9 @@
 That is what makes an interrupted run resumable exactly: the batch order of an epoch
 comes from a sampler seeded with (seed, epoch), a resumed epoch skips the batches
 already trained on, and each sample's augmentation is drawn from an RNG seeded with
-(seed, epoch, index), independent of workers and of where the epoch started.
+(seed, epoch, index), independent of workers and of where the epoch started. Tiled training
+(:mod:`retinadet.data.tiles`) keeps this: its epoch's tiles are a function of (seed, epoch), their
+order is fixed, and each tile's window comes from the same per-index RNG as its augmentation.
 """
 
 from __future__ import annotations
@@ -23,14 +25,15 @@ from retinadet.data.loading import (
     aspect_ratio_groups,
 )
 from retinadet.data.records import DatasetRecords
+from retinadet.data.tiles import TileCollate, TileCounters, TileDataset, TileSampling
 from retinadet.data.transforms import build_transform
 from retinadet.errors import DataError
 
 
 class SeededDataset(Dataset):
-    """Draws each sample's augmentation from torch's RNG seeded by (seed, epoch, index)."""
+    """Draws each sample's augmentation (and a tile's window) from torch's RNG seeded by (seed, epoch, index)."""
 
-    def __init__(self, inner: DetectionDataset, seed: int, epoch: int = 0):
+    def __init__(self, inner: DetectionDataset | TileDataset, seed: int, epoch: int = 0):
         self.inner = inner
         self.seed = int(seed)
         self.epoch = int(epoch)
@@ -48,7 +51,8 @@ class SeededDataset(Dataset):
 
 def epoch_batches(n: int, groups: list[int], batch_size: int, seed: int, epoch: int, rank: int = 0,
                   world: int = 1, shuffle: bool = True) -> list[list[int]]:
-    """The batches of one epoch for one rank (same count on every rank)."""
+    """The batches of one epoch for one rank (same count on every rank); ``shuffle=False`` keeps the order of
+    0..n-1 (rank r takes r, r + world, ...)."""
     sampler = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
     sampler.set_epoch(epoch)
     return list(GroupedBatchSampler(sampler, groups, batch_size, drop_last=False))
@@ -65,10 +69,14 @@ def scaled_preprocess(preprocess: Any, scale: float) -> Any:
                                fixed_size=size(preprocess.fixed_size))
 
 
-def _pipeline(data: DatasetRecords, augment: str, preprocess: Any) -> tuple[DetectionDataset, DetectionCollate]:
-    """The dataset (with its augmentation and resize) and the collate that pads its batches."""
-    return (DetectionDataset(data, build_transform(augment, preprocess)),
-            DetectionCollate(preprocess.size_divisible or 32, preprocess.fixed_size))
+def _pipeline(data: DatasetRecords, augment: str, preprocess: Any,
+              tiles: TileSampling | None = None) -> tuple[DetectionDataset | TileDataset, DetectionCollate]:
+    """The dataset (with its augmentation and resize; of tiles with ``tiles``) and the collate that pads its batches."""
+    transform = build_transform(augment, preprocess)
+    pad = (preprocess.size_divisible or 32, preprocess.fixed_size)
+    if tiles is not None:
+        return TileDataset(data, transform, tiles), TileCollate(*pad)
+    return DetectionDataset(data, transform), DetectionCollate(*pad)
 
 
 class TrainLoader:
@@ -76,29 +84,50 @@ class TrainLoader:
 
     With ``small=(epochs, preprocess)``, epochs before ``epochs`` resize with that preprocess instead
     (progressive resizing): which inputs an epoch sees stays a function of the epoch, so resume is exact.
+    With ``tiles``, an epoch is the tiles :func:`retinadet.data.tiles.epoch_tiles` samples, in its order
+    (an image's tiles consecutive), sharded across ranks like the images of an untiled epoch.
     """
 
     def __init__(self, data: DatasetRecords, preprocess: Any, batch_size: int, augment: str = "default",
                  workers: int = 0, seed: int = 0, rank: int = 0, world: int = 1, pin_memory: bool = False,
-                 small: tuple[int, Any] | None = None):
+                 small: tuple[int, Any] | None = None, tiles: TileSampling | None = None):
         if len(data) == 0:
             raise DataError(f"{data.root}: split '{data.split}' has no images")
-        self.full = _pipeline(data, augment, preprocess)
-        self.small = _pipeline(data, augment, small[1]) if small is not None and small[0] > 0 else None
+        self.tiles = tiles
+        self.full = _pipeline(data, augment, preprocess, tiles)
+        self.small = _pipeline(data, augment, small[1], tiles) if small is not None and small[0] > 0 else None
         self.small_epochs = int(small[0]) if self.small is not None else 0
         self.dataset = self.full[0]
-        self.groups = aspect_ratio_groups(self.dataset.aspect_ratios())
+        if isinstance(self.dataset, TileDataset):
+            self.tile_counts = self.dataset.tile_counts()
+            self.num_samples = sum(self.tile_counts)
+            self.groups = aspect_ratio_groups(self.dataset.image_aspect_ratios())  # per image; per tile in plan()
+            self.counters: LoaderCounters = TileCounters(min_visibility=self.dataset.sampling.min_visibility)
+        else:
+            self.num_samples = len(self.dataset)
+            self.groups = aspect_ratio_groups(self.dataset.aspect_ratios())
+            self.counters = LoaderCounters()
         self.batch_size, self.workers, self.seed = int(batch_size), int(workers), int(seed)
         self.rank, self.world, self.pin_memory = rank, world, pin_memory
-        self.counters = LoaderCounters()
 
     def __len__(self) -> int:
-        per_rank = math.ceil(len(self.dataset) / self.world)
+        per_rank = math.ceil(self.num_samples / self.world)
         return math.ceil(per_rank / self.batch_size)
 
-    def epoch(self, epoch: int, start: int = 0):
+    def plan(self, epoch: int) -> tuple[Dataset, DetectionCollate, list[list[int]]]:
+        """The dataset, collate and this rank's batches (indices into the dataset) of ``epoch``."""
         dataset, collate = self.small if epoch < self.small_epochs else self.full
-        batches = epoch_batches(len(self.dataset), self.groups, self.batch_size, self.seed, epoch, self.rank, self.world)
+        if isinstance(dataset, TileDataset):
+            dataset = dataset.epoch(self.seed, epoch)
+            groups = [self.groups[s.image] for s in dataset.samples]
+            batches = epoch_batches(len(dataset), groups, self.batch_size, self.seed, epoch, self.rank, self.world,
+                                    shuffle=False)
+        else:
+            batches = epoch_batches(len(dataset), self.groups, self.batch_size, self.seed, epoch, self.rank, self.world)
+        return dataset, collate, batches
+
+    def epoch(self, epoch: int, start: int = 0):
+        dataset, collate, batches = self.plan(epoch)
         loader = DataLoader(SeededDataset(dataset, self.seed, epoch), batch_sampler=batches[start:],
                             num_workers=self.workers, collate_fn=collate, pin_memory=self.pin_memory,
                             generator=torch.Generator().manual_seed(self.seed + epoch))

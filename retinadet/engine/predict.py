@@ -16,18 +16,18 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from retinadet.data.images import read_image
+from retinadet.data.images import decode_memory_note, read_image
 from retinadet.engine.plots import draw_boxes, save_image
 from retinadet.engine.video import VideoWriter, probe_video, read_video_frames
 from retinadet.errors import DataError
-from retinadet.model.inference import TilingReport, detect_images
+from retinadet.model.inference import detect_images
 from retinadet.utils.files import increment_run_dir, write_json
 from retinadet.utils.prediction_writer import PredictionWriter, input_key
 from retinadet.utils.sentinels import FROM_CONFIG, FromConfig
 from retinadet.utils.sources import VIDEO_SUFFIXES
 from retinadet.utils.sources import list_sources as _list_sources
 from retinadet.utils.thresholds import resolve_thresholds
-from retinadet.utils.tiling import TileOptions, tile_options
+from retinadet.utils.tiling import TileOptions, TilingReport, tile_options
 
 
 @dataclass
@@ -62,6 +62,8 @@ def iter_frames(files: list[str], writer: PredictionWriter, strict: bool, log) -
             continue
         if writer.is_done(f):
             continue
+        if (note := decode_memory_note(f)) is not None:
+            log(note)
         try:
             image = read_image(f)
         except DataError as exc:

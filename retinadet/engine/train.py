@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from retinadet.data.records import DatasetRecords
+from retinadet.data.tiles import TileSampling, describe_tiles, tile_size
 from retinadet.data.transforms import transform_config
 from retinadet.engine import distributed as D
 from retinadet.engine.config import TrainConfig, resolve_config
@@ -208,11 +209,14 @@ def _build(cfg: TrainConfig, dist: D.DistInfo, device: torch.device, resume: _Re
             f"{cfg.epochs} epochs x {len(loader)} iterations; run dir {save_dir}")
         if cpu_tuning:
             log(f"cpu: {', '.join(cpu_tuning)}")
+        if loader.tiles is not None:
+            log(describe_tiles(loader.tiles, loader.num_samples, len(train_data)))
         if small is not None:
             log(f"progressive resizing: epochs 1-{small[0]} train at {input_size(small[1])}px, "
                 f"then {input_size(mcfg.preprocess)}px; validation at {input_size(mcfg.preprocess)}px")
 
-    scale = training_scale(train_data, mcfg.preprocess, transform_config(cfg.augment).scale_range)
+    scale = training_scale(train_data, mcfg.preprocess, transform_config(cfg.augment).scale_range,
+                           tile=(cfg.tile, cfg.tile) if cfg.tile is not None else None)
     if dist.is_main:
         log(describe_scale(scale))
         if (line := sliced_validation(val_data, mcfg.preprocess, scale, TileOptions())) is not None:
@@ -245,13 +249,17 @@ def _run_folder(cfg: TrainConfig, dist: D.DistInfo, resume: _Resume | None, trai
 
 def _train_loader(cfg: TrainConfig, preprocess: Any, train_data: DatasetRecords, dist: D.DistInfo,
                   device: torch.device) -> tuple[TrainLoader, tuple[int, Any] | None]:
-    """The training batches, and (epochs, preprocess) of the progressive-resizing epochs (None: none)."""
+    """The training batches, and (epochs, preprocess) of the progressive-resizing epochs (None: none).
+    With ``cfg.tile``, batches of tiles; ``tile="auto"`` is resolved here, in ``cfg``, so that args.yaml and the
+    checkpoints record the size (and a resume restores it without the model)."""
     small = None
     if cfg.small_epochs:
         scaled = scaled_preprocess(preprocess, cfg.progressive_scale)
         small = (cfg.small_epochs, scaled) if scaled != preprocess else None  # too small to shrink
+    cfg.tile = tile_size(cfg.tile, preprocess)
+    tiles = TileSampling(cfg.tile, cfg.tile_negatives, cfg.tile_min_visibility) if cfg.tile is not None else None
     loader = TrainLoader(train_data, preprocess, cfg.batch, cfg.augment, cfg.workers, cfg.seed, dist.rank, dist.world_size,
-                         pin_memory=device.type == "cuda", small=small)
+                         pin_memory=device.type == "cuda", small=small, tiles=tiles)
     return loader, small
 
 

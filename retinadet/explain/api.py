@@ -15,11 +15,11 @@ from retinadet.errors import ConfigError, DataError
 from retinadet.explain.cam import check_options, compute_cams, forward_with_maps, to_original
 from retinadet.explain.render import grid as make_grid
 from retinadet.explain.render import overlay
-from retinadet.model.inference import TilingReport, detect_images
+from retinadet.model.inference import detect_images
 from retinadet.model.preprocess import prepare_batch
 from retinadet.structures import Detections
 from retinadet.utils.sentinels import FROM_CONFIG, FromConfig
-from retinadet.utils.tiling import TileOptions, plan_tiles
+from retinadet.utils.tiling import TileOptions, TilingReport, plan_tiles
 
 
 class NoDetectionsError(DataError):

@@ -118,9 +118,10 @@ def _prepare(path, model, imgsz, batch, max_det, score_thresh, nms_iou, input_dt
 def export_onnx(model: RetinaNet, path: str | os.PathLike, class_names: Sequence[str], *, category_ids=None,
                 opset: int = DEFAULT_OPSET, imgsz: int | None = None, batch: int = 1, score_thresh: float | None = None,
                 nms_iou: float | None = None, max_det: int | None = None, input_dtype: str = "float32",
-                verify: bool = True, thresholds: dict | None = None) -> Path:
+                verify: bool = True, thresholds: dict | None = None, scale: Any = None) -> Path:
     """Write ``path`` (.onnx): normalisation, network, anchors and post-processing in one graph.
-    ``thresholds`` (a checkpoint's per-class operating point) go into the metadata, for the runner.
+    ``thresholds`` (a checkpoint's per-class operating point) and ``scale`` (its training scale, a
+    ``TrainingScale`` or its dict, from which the runner decides ``--tile auto``) go into the metadata.
 
     Runs ``onnx.checker`` and, with ``verify``, checks onnxruntime against eager PyTorch at a
     second input size and batch, so a graph that silently fixed a size is refused."""
@@ -143,6 +144,8 @@ def export_onnx(model: RetinaNet, path: str | os.PathLike, class_names: Sequence
         raise _unsupported(model, f"ONNX opset {opset}", exc) from exc
     proto = onnx.load(str(tmp))
     extra = {"opset": int(opset), "exporter": "torch.onnx.export(dynamo=False)", "thresholds": thresholds}
+    if scale is not None:
+        extra["scale"] = scale.to_dict() if hasattr(scale, "to_dict") else dict(scale)
     for key, value in metadata(model, module, class_names, category_ids, extra).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
@@ -328,8 +331,9 @@ def export(weights: Any, fmt: str = "onnx", output: str | os.PathLike | None = N
                   max_det=max_det, input_dtype=input_dtype)
     model = det.model.cpu().eval()
     if fmt == "onnx":
-        path = export_onnx(model, out, det.class_names, opset=opset, thresholds=(det.checkpoint or {}).get("thresholds"),
-                           **kwargs)
+        ckpt = det.checkpoint or {}
+        path = export_onnx(model, out, det.class_names, opset=opset, thresholds=ckpt.get("thresholds"),
+                           scale=ckpt.get("scale"), **kwargs)
     else:
         path = export_torchscript(model, out, det.class_names, **kwargs)
     size_mb = path.stat().st_size / 1e6

@@ -5,6 +5,10 @@ rule (:mod:`retinadet.utils.resize`), the resampler is the same antialiased bili
 reimplemented in integer numpy so that its pixels are bit-exact with torch's, zero padding
 bottom-right, one padded size per batch. Boxes are mapped back to original pixels per axis, and
 ``predictions.json`` is written by the writer ``retinadet predict`` uses.
+
+Sliced inference is the torch path's (:func:`retinadet.model.inference.detect_images`): the same
+decisions, grid, seam filter and merge from :mod:`retinadet.utils.tiling`, the training scale read
+from the export's metadata, and the regions (tiles and whole images) of one call batched alike.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import colorsys
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +24,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from retinadet.errors import DataError, RetinadetError
+from retinadet.errors import ConfigError, DataError, RetinadetError
 from retinadet.export.errors import ExportError
 from retinadet.utils import resize as rule
 from retinadet.utils.files import increment_run_dir, write_json
@@ -28,6 +32,16 @@ from retinadet.utils.prediction_writer import PredictionWriter
 from retinadet.utils.sentinels import FROM_CONFIG, FromConfig
 from retinadet.utils.sources import list_sources
 from retinadet.utils.thresholds import resolve_thresholds
+from retinadet.utils.tiling import (
+    TileOptions,
+    TilePlan,
+    TilingReport,
+    TrainingScale,
+    full_image_keep,
+    merge_tiles,
+    plan_images,
+    tile_options,
+)
 
 META_PREFIX = "retinadet."
 
@@ -47,6 +61,9 @@ class NumpyDetections:
     source: str | None = None
     anchor_index: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     level: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    # [D, 4] int64 xyxy: the region of the image the network saw for each detection (sliced inference);
+    # None when it saw the whole image.
+    tiles: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
@@ -196,40 +213,118 @@ class OnnxDetector:
         """The raw graph: padded boxes [B, max_det, 4], scores, labels, num_dets [B]."""
         return self.session.run(None, {"images": batch, "image_sizes": sizes})
 
-    def _check_overrides(self, conf, iou, max_det) -> tuple[float, int]:
+    def _check_overrides(self, conf, iou, max_det, sliced: bool = False) -> tuple[float, int]:
+        """(score threshold, whole-image cap). ``sliced``: every image is sliced (an explicit tile size), so ``max_det``
+        caps merged tiles and may exceed the graph's per-run cap."""
         if conf is not None and conf < self.score_thresh - 1e-12:
             raise ExportError(f"--conf {conf} is below the score threshold {self.score_thresh} this model was exported "
                               f"with; re-export with `retinadet export ... --conf {conf}`")
         if iou is not None and abs(iou - self.nms_iou) > 1e-9:
             raise ExportError(f"the NMS IoU is fixed at export ({self.nms_iou}); re-export with `retinadet export ... --iou {iou}`")
-        if max_det is not FROM_CONFIG and max_det is not None and max_det > self.max_det:
+        if max_det is not FROM_CONFIG and max_det is not None and max_det > self.max_det and not sliced:
             raise ExportError(f"--max-det {max_det} exceeds the {self.max_det} detections this model was exported with; "
                               f"re-export with `retinadet export ... --max-det {max_det}`")
         limit = self.max_det if max_det is FROM_CONFIG or max_det is None else int(max_det)
         return (self.score_thresh if conf is None else float(conf)), limit
 
+    @property
+    def scale(self) -> TrainingScale | None:
+        """The scale the model was trained at, from the export's metadata (None: not recorded)."""
+        return TrainingScale.from_dict(self.meta.get("scale"))
+
     def predict(self, images: Sequence[np.ndarray], conf: float | None = None, iou: float | None = None,
                 max_det: int | None | FromConfig = FROM_CONFIG, batch_size: int = 4,
-                sources: Sequence[str | None] | None = None) -> list[NumpyDetections]:
+                sources: Sequence[str | None] | None = None, tile: TileOptions | int | str | None = "auto",
+                tile_overlap: float = 0.2, tile_merge: str = "nms", tile_match: str = "iou",
+                tile_threshold: float | None = None, full_image: bool = False, log: Callable[[str], None] | None = None,
+                report: TilingReport | None = None) -> list[NumpyDetections]:
         """Detections per uint8 HxWx3 RGB image, boxes in original coordinates.
 
         ``conf`` at or above the exported threshold filters after the graph (the same result as
-        thresholding first: NMS only lets a box suppress lower-scored ones)."""
-        thresh, limit = self._check_overrides(conf, iou, max_det)
+        thresholding first: NMS only lets a box suppress lower-scored ones). ``tile*``/``full_image``:
+        sliced inference as :meth:`retinadet.detector.Detector.predict` does it (``auto`` slices an image
+        the whole-image resize would shrink below the training scale in the metadata). The tiles and
+        whole images of the call go through the session ``batch_size`` at a time. Each tile keeps the
+        graph's ``max_det``; a sliced image's ``max_det`` (default: no cap) applies after the merge, and may exceed
+        the graph's when a tile size is given (every image sliced).
+        ``report`` (one across calls, for a run) or ``log`` hears what slicing did."""
+        tiling = tile_options(tile, tile_overlap, tile_merge, tile_match, tile_threshold, full_image)
+        thresh, limit = self._check_overrides(conf, iou, max_det, sliced=tiling.tile not in (None, "auto"))
+        report = report if report is not None else TilingReport(log)
         sources = list(sources) if sources is not None else [None] * len(images)
+        pre = self.preprocess_cfg
+        plans = plan_images([img.shape[:2] for img in images], pre, tiling, self.scale, report)
+        # Regions: (image, tile index or -1 for the whole image, x1, y1, pixels), in detect_images' order.
+        regions: list[tuple[int, int, int, int, np.ndarray]] = []
+        grids: list[np.ndarray | None] = []
+        for i, (img, plan) in enumerate(zip(images, plans)):
+            if plan is None:
+                regions.append((i, -1, 0, 0, img))
+                grids.append(None)
+                continue
+            grid = plan.grid(int(img.shape[0]), int(img.shape[1]))
+            grids.append(grid)
+            regions += [(i, t, x1, y1, img[y1:y2, x1:x2]) for t, (x1, y1, x2, y2) in enumerate(grid.tolist())]
+            if tiling.full_image:
+                regions.append((i, -1, 0, 0, img))
+        found = self._run_regions([r[4] for r in regions], thresh, batch_size)
+        per_image: list[list[tuple[int, int, int, tuple]]] = [[] for _ in images]
+        for (i, t, x1, y1, _), d in zip(regions, found):
+            per_image[i].append((t, x1, y1, d))
+        cap = None if max_det is FROM_CONFIG or max_det is None else int(max_det)
         out: list[NumpyDetections] = []
-        for start in range(0, len(images), max(1, batch_size)):
-            chunk = images[start:start + batch_size]
-            batch, sizes = preprocess(chunk, self.preprocess_cfg, self.input_dtype)
-            boxes, scores, labels, num = self.run(batch, sizes)
-            for i, img in enumerate(chunk):
-                n = int(num[i])
-                keep = np.nonzero(scores[i, :n] > thresh)[0][:limit]
-                orig = (int(img.shape[0]), int(img.shape[1]))
-                bx = boxes_to_original(boxes[i, keep], sizes[i].tolist(), orig)
-                out.append(NumpyDetections(bx, scores[i, keep].astype(np.float32), labels[i, keep].astype(np.int64),
-                                           orig, self.class_names, sources[start + i]))
+        for img, plan, grid, parts, source in zip(images, plans, grids, per_image, sources):
+            h, w = int(img.shape[0]), int(img.shape[1])
+            if plan is None:
+                boxes, scores, labels = (v[:limit] for v in parts[0][3])
+                out.append(NumpyDetections(boxes, scores, labels, (h, w), self.class_names, source))
+                continue
+            th, tw = min(plan.tile[0], h), min(plan.tile[1], w)
+            net_scale = rule.resize_scale(th, tw, pre["min_size"], pre["max_size"], pre.get("fixed_size"))
+            out.append(self._merge_image(parts, plan, grid, (h, w), tiling, net_scale, cap, source))
         return out
+
+    def _run_regions(self, regions: list[np.ndarray], thresh: float, batch_size: int | None) -> list[tuple]:
+        """(boxes in each region's pixels, scores, labels) per region, above ``thresh``; the graph's cap only. Regions
+        are batched with others of their own size, as the torch path batches them."""
+        step = max(1, int(batch_size)) if batch_size else max(1, len(regions))
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for k, r in enumerate(regions):
+            by_size.setdefault((int(r.shape[0]), int(r.shape[1])), []).append(k)
+        out: list = [None] * len(regions)
+        for members in by_size.values():
+            for start in range(0, len(members), step):
+                chunk = members[start:start + step]
+                batch, sizes = preprocess([regions[k] for k in chunk], self.preprocess_cfg, self.input_dtype)
+                boxes, scores, labels, num = self.run(batch, sizes)
+                for i, k in enumerate(chunk):
+                    keep = np.nonzero(scores[i, :int(num[i])] > thresh)[0]
+                    shape = (int(regions[k].shape[0]), int(regions[k].shape[1]))
+                    bx = boxes_to_original(boxes[i, keep], sizes[i].tolist(), shape)
+                    out[k] = (bx, scores[i, keep].astype(np.float32), labels[i, keep].astype(np.int64))
+        return out
+
+    def _merge_image(self, parts: list[tuple[int, int, int, tuple]], plan: TilePlan, grid: np.ndarray, size: tuple[int, int],
+                     tiling: TileOptions, net_scale: float, cap: int | None, source: str | None) -> NumpyDetections:
+        """One sliced image's detections: tile boxes moved into image pixels, seams filtered, tiles merged."""
+        h, w = size
+        boxes, scores, labels, tile_index, regions = [], [], [], [], []
+        for t, x1, y1, (bx, sc, lb) in parts:
+            if t < 0:  # the whole-image pass adds only what no tile can hold whole
+                keep = full_image_keep(bx, plan)
+                bx, sc, lb = bx[keep], sc[keep], lb[keep]
+                region = [0, 0, w, h]
+            else:
+                region = grid[t].tolist()
+            boxes.append(bx + np.array([x1, y1, x1, y1], dtype=np.float32))
+            scores.append(sc)
+            labels.append(lb)
+            tile_index.append(np.full(len(lb), t, dtype=np.int64))
+            regions.append(np.tile(np.array(region, dtype=np.int64), (len(lb), 1)))
+        boxes, scores, labels, tile_index, regions = (np.concatenate(x) for x in (boxes, scores, labels, tile_index, regions))
+        keep, merged = merge_tiles(boxes, scores, labels, tile_index, grid, h, w, tiling, self.nms_iou, net_scale, cap)
+        return NumpyDetections(merged.astype(np.float32), scores[keep], labels[keep], (h, w), self.class_names, source,
+                               tiles=regions[keep])
 
 
 # ----------------------------------------------------------------------------- images, drawing
@@ -292,10 +387,14 @@ def predict_onnx(weights: Any, source: str | os.PathLike, *, conf: float | None 
                  save: bool = True, save_txt: bool = False, save_csv: bool = False, project: str = "runs",
                  name: str | None = None, exist_ok: bool = False, progress: bool = True, log=print,
                  amp: Any = False, strict: bool = False, resume: str | os.PathLike | None = None,
-                 run_args: dict | None = None) -> dict[str, Any]:
+                 run_args: dict | None = None, tile: TileOptions | int | str | None = "auto", tile_overlap: float = 0.2,
+                 tile_merge: str = "nms", tile_match: str = "iou", tile_threshold: float | None = None,
+                 full_image: bool = False) -> dict[str, Any]:
     """``retinadet predict`` for ``.onnx`` weights: the same folder layout, files, skipping of unreadable
-    inputs and resumption. ``amp`` is accepted for the same signature as the torch path; the exported
-    graph runs in its own precision."""
+    inputs, resumption and sliced inference (``tile*``/``full_image``, as
+    :func:`retinadet.engine.predict.predict`). ``amp`` is accepted for the same signature as the torch path;
+    the exported graph runs in its own precision."""
+    tiling = tile_options(tile, tile_overlap, tile_merge, tile_match, tile_threshold, full_image)  # fails before any work
     files = list_sources(source)
     det = weights if isinstance(weights, OnnxDetector) else OnnxDetector(weights)
     conf, per_class, message = resolve_thresholds(det.class_names, det.meta.get("thresholds"), conf,
@@ -312,6 +411,7 @@ def predict_onnx(weights: Any, source: str | os.PathLike, *, conf: float | None 
     if run_args is not None and resume is None:
         write_json(out / "args.json", run_args)
     todo = [(i, f) for i, f in enumerate(files, start=1) if not writer.is_done(f)]
+    report = TilingReport(log)
     try:
         from tqdm import tqdm
     except ImportError:  # tqdm is optional for the light runner
@@ -329,13 +429,13 @@ def predict_onnx(weights: Any, source: str | os.PathLike, *, conf: float | None 
                         raise
                     log(f"skipped: {exc}")
                     writer.skip(index, f, str(exc))
-            results = det.predict(arrays, conf=conf, iou=iou, max_det=max_det, batch_size=max(1, len(chunk)),
-                                  sources=[f for _, f in chunk]) if chunk else []
+            results = det.predict(arrays, conf=conf, iou=iou, max_det=max_det, batch_size=max(1, batch),
+                                  sources=[f for _, f in chunk], tile=tiling, report=report) if chunk else []
             for (index, f), img, r in zip(chunk, arrays, results):
                 if per_class is not None:
                     keep = r.scores >= np.asarray(per_class, dtype=np.float32)[r.labels]
                     r = NumpyDetections(r.boxes[keep], r.scores[keep], r.labels[keep], r.image_size, r.class_names,
-                                        r.source)
+                                        r.source, tiles=None if r.tiles is None else r.tiles[keep])
                 writer.add(index, Path(f).name, f, r.image_size, r.boxes.tolist(), r.scores.tolist(), r.labels.tolist())
                 if save:
                     save_image(draw_boxes(img, r.boxes, r.labels, det.class_names, r.scores), out / (Path(f).stem + ".png"))
@@ -347,8 +447,8 @@ def predict_onnx(weights: Any, source: str | os.PathLike, *, conf: float | None 
         if bar is not None:
             bar.close()
     result = writer.close()
-    log(writer.summary())
-    log(f"results saved to {out}")
+    for line in (writer.summary(), *([report.summary()] if report.sliced else []), f"results saved to {out}"):
+        log(line)
     if result["images"] == 0 and result["skipped"]:
         raise DataError(f"none of the {result['skipped']} input(s) could be read; see {out / 'skipped.txt'}")
     return result
@@ -376,16 +476,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--name", default=None)
     ap.add_argument("--exist-ok", action="store_true")
     ap.add_argument("--strict", action="store_true", help="stop at the first unreadable image instead of skipping it")
+    # Taken as text and checked by TileOptions.parse, so that a bad value fails with one line (as `retinadet predict`).
+    ap.add_argument("--tile", default="auto", help="sliced inference: tiles of SIZE px (640, or WxH such as 640x480); auto "
+                    "slices an image the whole-image resize would shrink below the scale the model was trained at; off never "
+                    "slices [default: auto]")
+    ap.add_argument("--tile-overlap", default="0.2", help="overlap of neighbouring tiles, a fraction of the tile [default: 0.2]")
+    ap.add_argument("--tile-merge", default="nms", help="nms keeps the best of overlapping tiles' detections, greedy-nmm "
+                    "unites their boxes [default: nms]")
+    ap.add_argument("--tile-match", default="iou", help="iou, or ios (intersection over the smaller box) [default: iou]")
+    ap.add_argument("--tile-threshold", default=None, help="match threshold of the merge [default: the model's NMS IoU]")
+    ap.add_argument("--full-image", action=argparse.BooleanOptionalAction, default=False,
+                    help="also run the whole image, for objects too large for a tile to hold whole")
     args = ap.parse_args(argv)
     try:
+        tiling = TileOptions.parse(args.tile, _number("--tile-overlap", args.tile_overlap), args.tile_merge,
+                                   args.tile_match, _number("--tile-threshold", args.tile_threshold), args.full_image)
         predict_onnx(args.weights, args.source, conf=args.conf, iou=args.iou,
                      max_det=FROM_CONFIG if args.max_det is None else args.max_det, batch=args.batch, imgsz=args.imgsz,
                      save=not args.nosave, save_txt=args.save_txt, save_csv=args.save_csv, project=args.project,
-                     name=args.name, exist_ok=args.exist_ok, progress=False, strict=args.strict)
+                     name=args.name, exist_ok=args.exist_ok, progress=False, strict=args.strict, tile=tiling)
     except RetinadetError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _number(flag: str, text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"{flag} must be a number, got '{text}'") from None
 
 
 if __name__ == "__main__":

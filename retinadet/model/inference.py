@@ -9,8 +9,7 @@ and decodes it with the same ``RetinaNet.postprocess``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -23,16 +22,7 @@ from retinadet.structures import Detections
 from retinadet.utils.device import autocast_context
 from retinadet.utils.resize import resize_scale
 from retinadet.utils.sentinels import FROM_CONFIG, FromConfig
-from retinadet.utils.tiling import (
-    TileOptions,
-    TilePlan,
-    TrainingScale,
-    describe_plan,
-    full_image_keep,
-    merge_tiles,
-    plan_tiles,
-    shrink_warning,
-)
+from retinadet.utils.tiling import TileOptions, TilePlan, TilingReport, TrainingScale, full_image_keep, merge_tiles, plan_images
 
 
 @torch.no_grad()
@@ -56,48 +46,6 @@ def detect_batch(model: RetinaNet, batch: InputBatch, *, conf: float | None = No
         model.train(was_training)
 
 
-@dataclass
-class TilingReport:
-    """What sliced inference did over a run: said once per kind as it happens (``log``), counted for the summary."""
-
-    log: Callable[[str], None] | None = None
-    images: int = 0
-    sliced: int = 0
-    tiles: int = 0
-    said: set = field(default_factory=set)
-
-    def note(self, key, message: str) -> None:
-        if key not in self.said:
-            self.said.add(key)
-            if self.log is not None:
-                self.log(message)
-
-    def summary(self) -> str:
-        if not self.sliced:
-            return f"sliced inference: none of {self.images} image(s) needed slicing"
-        return f"sliced inference: {self.sliced} of {self.images} image(s) in {self.tiles} tiles"
-
-
-def plan_images(images: Sequence[Tensor], preprocess: PreprocessConfig, tiling: TileOptions | None,
-                scale: TrainingScale | None, report: TilingReport | None = None) -> list[TilePlan | None]:
-    """The slicing of each image (None: whole), reported as decided."""
-    plans = []
-    for img in images:
-        h, w = int(img.shape[-2]), int(img.shape[-1])
-        plan = plan_tiles(h, w, preprocess, scale, tiling) if tiling is not None else None
-        if report is not None:
-            report.images += 1
-            if plan is not None:
-                report.sliced += 1
-                report.tiles += len(plan.grid(h, w))
-                report.note(("plan", plan.tile, plan.overlap), f"sliced inference: {describe_plan(plan, h, w)}"
-                            + (f"; {plan.reason}" if plan.reason else ""))
-            elif (warning := shrink_warning(h, w, preprocess, scale)) is not None:
-                report.note("shrink", f"warning: {warning}")
-        plans.append(plan)
-    return plans
-
-
 @torch.no_grad()
 def detect_images(model: RetinaNet, images: Sequence[Tensor], preprocess: PreprocessConfig | None = None, *,
                   tiling: TileOptions | None = None, scale: TrainingScale | None = None, batch_size: int | None = None,
@@ -115,7 +63,7 @@ def detect_images(model: RetinaNet, images: Sequence[Tensor], preprocess: Prepro
     pre = preprocess or model.cfg.preprocess
     device = next(model.parameters()).device
     common = dict(conf=conf, iou=iou, amp=amp, class_names=class_names)
-    plans = plan_images(images, pre, tiling, scale, report)
+    plans = plan_images([img.shape[-2:] for img in images], pre, tiling, scale, report)
     if all(p is None for p in plans):
         return _run_regions(model, list(images), pre, device, batch_size, max_det=max_det, **common)
     # Regions: (image, tile index or -1 for the whole image, x1, y1, pixels).
@@ -157,10 +105,18 @@ def detect_images(model: RetinaNet, images: Sequence[Tensor], preprocess: Prepro
 
 def _run_regions(model: RetinaNet, regions: list[Tensor], pre: PreprocessConfig, device, batch_size: int | None,
                  **options) -> list[Detections]:
+    """Detections of each region, ``batch_size`` at a time. Regions are batched with others of their own size, so
+    that a tile's detections do not depend on what it shared a padded canvas with."""
     step = max(1, int(batch_size)) if batch_size else max(1, len(regions))
-    out: list[Detections] = []
-    for start in range(0, len(regions), step):
-        out += detect_batch(model, prepare_batch(regions[start:start + step], pre, device), **options)
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for k, r in enumerate(regions):
+        by_size.setdefault((int(r.shape[-2]), int(r.shape[-1])), []).append(k)
+    out: list[Detections | None] = [None] * len(regions)
+    for members in by_size.values():
+        for start in range(0, len(members), step):
+            chunk = members[start:start + step]
+            for k, d in zip(chunk, detect_batch(model, prepare_batch([regions[k] for k in chunk], pre, device), **options)):
+                out[k] = d
     return out
 
 

@@ -1,7 +1,7 @@
 """Sliced inference, torch-free: when to slice an image (from the scale the model was trained at), the
 tile grid, which detections of a tile to keep at its seams, and how the tiles' detections merge.
 
-Shared by the torch path (:mod:`retinadet.model.tiled`) and the numpy ONNX runner, so both slice and
+Shared by the torch path (:mod:`retinadet.model.inference`) and the numpy ONNX runner, so both slice and
 merge alike.
 
 Seams: the grid's overlap means an object cut by one tile's inner edge lies whole in a neighbour
@@ -15,8 +15,8 @@ tiles both saw whole.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -356,3 +356,44 @@ def full_image_keep(boxes: np.ndarray, plan: TilePlan) -> np.ndarray:
     boxes = np.asarray(boxes).reshape(-1, 4)
     oh, ow = plan.overlap
     return ((boxes[:, 2] - boxes[:, 0]) > ow) | ((boxes[:, 3] - boxes[:, 1]) > oh)
+
+
+@dataclass
+class TilingReport:
+    """What sliced inference did over a run: said once per kind as it happens (``log``), counted for the summary."""
+
+    log: Callable[[str], None] | None = None
+    images: int = 0
+    sliced: int = 0
+    tiles: int = 0
+    said: set = field(default_factory=set)
+
+    def note(self, key, message: str) -> None:
+        if key not in self.said:
+            self.said.add(key)
+            if self.log is not None:
+                self.log(message)
+
+    def summary(self) -> str:
+        if not self.sliced:
+            return f"sliced inference: none of {self.images} image(s) needed slicing"
+        return f"sliced inference: {self.sliced} of {self.images} image(s) in {self.tiles} tiles"
+
+
+def plan_images(sizes: Sequence[Sequence[int]], preprocess: Mapping | object, tiling: TileOptions | None,
+                scale: TrainingScale | None, report: TilingReport | None = None) -> list[TilePlan | None]:
+    """The slicing of images of these (h, w) sizes (None: whole), reported as decided."""
+    plans = []
+    for h, w in ((int(a), int(b)) for a, b in sizes):
+        plan = plan_tiles(h, w, preprocess, scale, tiling) if tiling is not None else None
+        if report is not None:
+            report.images += 1
+            if plan is not None:
+                report.sliced += 1
+                report.tiles += len(plan.grid(h, w))
+                report.note(("plan", plan.tile, plan.overlap), f"sliced inference: {describe_plan(plan, h, w)}"
+                            + (f"; {plan.reason}" if plan.reason else ""))
+            elif (warning := shrink_warning(h, w, preprocess, scale)) is not None:
+                report.note("shrink", f"warning: {warning}")
+        plans.append(plan)
+    return plans
