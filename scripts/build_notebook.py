@@ -463,8 +463,8 @@ code('''
 
     det = retinadet.load(RUN / "weights" / "best.pt")
     print(det)
-    metrics = det.val(conf=CONF, save_dir=WORK / "val", progress=False, log=log)
-    test_metrics = det.val(split="test", conf=CONF, save_dir=WORK / "test", plots=False, progress=False,
+    metrics = det.val(matrix_conf=CONF, save_dir=WORK / "val", progress=False, log=log)
+    test_metrics = det.val(split="test", matrix_conf=CONF, save_dir=WORK / "test", plots=False, progress=False,
                            log=lambda *_: None)
     print(f"\\nval AP50 {metrics['AP50']:.3f} (AP {metrics['AP']:.3f}); test AP50 {test_metrics['AP50']:.3f} "
           f"(AP {test_metrics['AP']:.3f}) after {result.epochs_completed} epochs, {t_train:.0f} s")
@@ -683,7 +683,7 @@ md("""
     one self-contained page with every figure of this notebook's sections 5 and 9.
 """)
 code('''
-    chosen = det.val(operating_point="fppi=1", conf=CONF, save_dir=WORK / "val_op", progress=False, log=lambda *_: None)
+    chosen = det.val(operating_point="fppi=1", matrix_conf=CONF, save_dir=WORK / "val_op", progress=False, log=lambda *_: None)
     f = chosen["froc"]
     print(f"FROC score (val, hit {f['hit']}): {f['score']:.3f}, 95% CI [{f['ci95'][0]:.3f}, {f['ci95'][1]:.3f}]")
     print("sensitivity at", ", ".join(f"{p:g} FP/image: {v:.3f}" for p, v in zip(f["fppi"], f["sensitivity"])))

@@ -40,8 +40,8 @@ def command(weights, source, method, layer, topk, class_name, box_index, target,
     from retinadet.utils.sources import list_sources
     from retinadet.utils.tiling import tile_options
 
-    tiles = tile_options(**tiling_kwargs(tiling))  # bad flags and sources fail before the weights are loaded
+    tile_options(**tiling_kwargs(tiling))  # bad flags and sources fail before the weights are loaded
     list_sources(source)
     run_cam(load(weights, device=device), source, method=method, layer=layer, topk=topk, class_name=class_name,
             box_index=box_index, target=target, conf=conf, iou=iou, norm_stats=norm_stats, save_npy=save_npy,
-            project=project, name=name, exist_ok=exist_ok, log=click.echo, strict=strict, imgsz=imgsz, tiling=tiles)
+            project=project, name=name, exist_ok=exist_ok, log=click.echo, strict=strict, imgsz=imgsz, **tiling_kwargs(tiling))

@@ -42,12 +42,13 @@ def command(weights, data, split, batch, conf, iou, max_det, imgsz, matrix_conf,
     from retinadet.utils.sentinels import FROM_CONFIG
     from retinadet.utils.tiling import tile_options
 
-    tiles = tile_options(**tiling_kwargs(tiling))  # bad flags fail before the weights are loaded
+    tile_options(**tiling_kwargs(tiling))  # bad flags fail before the weights are loaded
     try:
         load(weights).val(data, split, save_thresholds=save_thresholds, batch=batch, workers=workers, device=device,
                           conf=conf, iou=iou, max_det=FROM_CONFIG if max_det is None else max_det, imgsz=imgsz,
-                          tiling=tiles, matrix_conf=matrix_conf, plots=plots, project=project, name=name, exist_ok=exist_ok,
-                          log=click.echo, progress=True, froc_hit=froc_hit, operating_point=operating_point)
+                          matrix_conf=matrix_conf, plots=plots, project=project, name=name, exist_ok=exist_ok,
+                          log=click.echo, progress=True, froc_hit=froc_hit, operating_point=operating_point,
+                          **tiling_kwargs(tiling))
     except torch.OutOfMemoryError as exc:
         raise RetinadetError(f"out of memory during evaluation ({str(exc).splitlines()[0][:120]}); "
                              "try a smaller --batch") from exc

@@ -42,7 +42,7 @@ from retinadet.model.preprocess import InputBatch
 from retinadet.structures import Detections
 from retinadet.utils.files import atomic_write_text, increment_run_dir, write_json
 from retinadet.utils.sentinels import FROM_CONFIG, FromConfig
-from retinadet.utils.tiling import TileOptions, TilingReport, TrainingScale, plan_tiles, shrink_warning
+from retinadet.utils.tiling import TileOptions, TilingReport, TrainingScale, plan_tiles, shrink_warning, tile_options
 
 STAT_NAMES = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
 _STAT_TEXT = [
@@ -350,7 +350,9 @@ def write_eval_outputs(result: EvalResult, data: DatasetRecords, out_dir: str | 
 def evaluate_detector(detector, data: str | os.PathLike | None = None, split: str | None = None, *,
                       batch: int | None = None, workers: int = 0, device: str | None = None, amp: Any = False,
                       conf: float | None = None, iou: float | None = None, max_det: int | None | FromConfig = FROM_CONFIG,
-                      imgsz: int | None = None, tiling: TileOptions | None = None, matrix_conf: float = 0.25,
+                      imgsz: int | None = None, matrix_conf: float = 0.25,
+                      tile: TileOptions | int | str | None = "auto", tile_overlap: float = 0.2, tile_merge: str = "nms",
+                      tile_match: str = "iou", tile_threshold: float | None = None, full_image: bool = False,
                       save_dir: str | os.PathLike | None = None, plots: bool = True,
                       project: str = "runs", name: str | None = None, exist_ok: bool = False,
                       log=print, progress: bool = False, froc_hit: str = "iou:0.5",
@@ -359,8 +361,8 @@ def evaluate_detector(detector, data: str | os.PathLike | None = None, split: st
 
     Without ``data`` the dataset (and val split, carved or not) recorded in the checkpoint is
     used, with the validation batch size recorded there. ``conf``/``iou``/``max_det``/``imgsz``: inference as in
-    ``predict`` (default: the model's); ``tiling`` (default: ``TileOptions()``, slicing the images the model's
-    training scale calls for). ``matrix_conf``: the score threshold of the confusion matrix, the error counts and
+    ``predict`` (default: the model's); ``tile*``/``full_image``: sliced inference as in ``predict`` (``auto`` slices
+    the images the model's training scale calls for). ``matrix_conf``: the score threshold of the confusion matrix, the error counts and
     the gallery. ``froc_hit``: when a detection finds a lesion (``iou:T`` or ``center``). ``operating_point``
     (``fppi=F``, ``sensitivity=S``, ``f1``) chooses a score threshold per class on this split; thresholds stored
     in the checkpoint are reported as reached here. Writes outputs to ``save_dir`` (or a new
@@ -369,7 +371,7 @@ def evaluate_detector(detector, data: str | os.PathLike | None = None, split: st
     rule = HitRule.parse(froc_hit)  # bad options fail before any inference
     point = OperatingPoint.parse(operating_point) if operating_point else None
     pre = detector.model.cfg.preprocess.at_size(imgsz)
-    tiling = TileOptions() if tiling is None else tiling
+    tiling = tile_options(tile, tile_overlap, tile_merge, tile_match, tile_threshold, full_image)
     ck = detector.checkpoint or {}
     if data is None:
         info = ck.get("data")

@@ -19,7 +19,7 @@ from retinadet.model.inference import detect_images
 from retinadet.model.preprocess import prepare_batch
 from retinadet.structures import Detections
 from retinadet.utils.sentinels import FROM_CONFIG, FromConfig
-from retinadet.utils.tiling import TileOptions, TilingReport, plan_tiles
+from retinadet.utils.tiling import TileOptions, TilingReport, plan_tiles, tile_options
 
 
 class NoDetectionsError(DataError):
@@ -91,7 +91,12 @@ def explain(
     alpha: float = 0.5,
     norm_stats: str = "detach",
     imgsz: int | None = None,
-    tiling: TileOptions | None = None,
+    tile: TileOptions | int | str | None = "auto",
+    tile_overlap: float = 0.2,
+    tile_merge: str = "nms",
+    tile_match: str = "iou",
+    tile_threshold: float | None = None,
+    full_image: bool = False,
     log=None,
 ) -> Explanation:
     """Heatmaps for ``detector``'s detections on ``image`` (path, PIL, numpy or tensor).
@@ -101,15 +106,16 @@ def explain(
     at the best ``topk`` (None or 0: all). Raises :class:`NoDetectionsError` when nothing
     is left to explain. ``norm_stats``: "detach" (default) back-propagates through
     GroupNorm with constant statistics, "exact" uses the true gradient (see
-    :mod:`retinadet.explain.cam`). ``imgsz``: another input size; ``tiling``: sliced inference as in
-    ``predict`` (None: never slice): a sliced image's detections are explained on the tile that found each.
+    :mod:`retinadet.explain.cam`). ``imgsz``: another input size; ``tile*``/``full_image``: sliced inference as in
+    ``predict``: a sliced image's detections are explained on the tile that found each.
     """
     check_options(method, layer, target, norm_stats)
     tensor, name = to_image_tensor(image)
     model = detector.model
     pre = model.cfg.preprocess.at_size(imgsz)
     scale = getattr(detector, "scale", None)
-    if tiling is not None and plan_tiles(int(tensor.shape[-2]), int(tensor.shape[-1]), pre, scale, tiling) is not None:
+    tiling = tile_options(tile, tile_overlap, tile_merge, tile_match, tile_threshold, full_image)
+    if plan_tiles(int(tensor.shape[-2]), int(tensor.shape[-1]), pre, scale, tiling) is not None:
         return _explain_sliced(detector, tensor, name, pre, tiling, scale, log, method=method, layer=layer, topk=topk,
                                class_name=class_name, box_index=box_index, target=target, conf=conf, iou=iou,
                                max_det=max_det, alpha=alpha, norm_stats=norm_stats)

@@ -17,7 +17,7 @@ from retinadet.explain.render import save_png
 from retinadet.utils.files import atomic_write_text, increment_run_dir, write_json
 from retinadet.utils.sentinels import FROM_CONFIG, FromConfig
 from retinadet.utils.sources import VIDEO_SUFFIXES, list_sources
-from retinadet.utils.tiling import TileOptions
+from retinadet.utils.tiling import tile_options
 
 
 def _slug(text: str) -> str:
@@ -29,18 +29,18 @@ def run_cam(detector: Any, source: str | os.PathLike, *, method: str = "gradcam"
             conf: float | None = 0.25, iou: float | None = None, max_det: int | None | FromConfig = FROM_CONFIG,
             norm_stats: str = "detach", save_npy: bool = False, project: str | os.PathLike = "runs",
             name: str | None = None, exist_ok: bool = False, log: Callable[[str], None] = print,
-            strict: bool = False, imgsz: int | None = None, tiling: TileOptions | None = None) -> dict:
+            strict: bool = False, imgsz: int | None = None, **tiling: Any) -> dict:
     """Explain ``detector``'s (a :class:`retinadet.detector.Detector`) detections on ``source``. Per image with
     detections: ``<stem>_det<i>_<class>.png`` per explained detection, ``<stem>_grid.png``, optionally
-    ``<stem>_det<i>.npy`` (raw heatmap, original pixels), and ``cam.json`` for the run. ``tiling``: sliced inference
-    as in ``predict`` (default: ``TileOptions()``, slicing what the model's training scale calls for).
+    ``<stem>_det<i>.npy`` (raw heatmap, original pixels), and ``cam.json`` for the run. ``tiling``: the sliced-inference
+    keywords of ``predict`` (``tile``, ``tile_overlap``, ...; ``tile="auto"`` by default).
 
     Images without detections are reported and skipped; when no image has any, raises
     :class:`NoDetectionsError` (the CLI exits non-zero) and writes no run folder. An unreadable image is
     reported, skipped and listed in ``skipped.txt`` (``strict``: the first one is fatal).
     """
     check_options(method, layer, target, norm_stats)
-    tiling = TileOptions() if tiling is None else tiling
+    tile_options(**tiling)  # bad options fail before any work
     files = list_sources(source)
     if len(files) == 1 and Path(files[0]).suffix.lower() in VIDEO_SUFFIXES:
         raise RetinadetError(f"{files[0]}: retinadet cam explains images, not videos")
@@ -51,7 +51,7 @@ def run_cam(detector: Any, source: str | os.PathLike, *, method: str = "gradcam"
         try:
             exp = explain(detector, path, method=method, layer=layer, topk=topk, class_name=class_name,
                           box_index=box_index, target=target, conf=conf, iou=iou, max_det=max_det,
-                          norm_stats=norm_stats, imgsz=imgsz, tiling=tiling, log=log)
+                          norm_stats=norm_stats, imgsz=imgsz, log=log, **tiling)
         except NoDetectionsError as exc:
             skipped.append(path)
             log(f"skipped: {exc}")

@@ -267,7 +267,8 @@ class OnnxDetector:
             regions += [(i, t, x1, y1, img[y1:y2, x1:x2]) for t, (x1, y1, x2, y2) in enumerate(grid.tolist())]
             if tiling.full_image:
                 regions.append((i, -1, 0, 0, img))
-        found = self._run_regions([r[4] for r in regions], thresh, batch_size)
+        # Whole images only: batched in the order given, as the torch path batches them.
+        found = self._run_regions([r[4] for r in regions], thresh, batch_size, by_size=any(p is not None for p in plans))
         per_image: list[list[tuple[int, int, int, tuple]]] = [[] for _ in images]
         for (i, t, x1, y1, _), d in zip(regions, found):
             per_image[i].append((t, x1, y1, d))
@@ -284,15 +285,15 @@ class OnnxDetector:
             out.append(self._merge_image(parts, plan, grid, (h, w), tiling, net_scale, cap, source))
         return out
 
-    def _run_regions(self, regions: list[np.ndarray], thresh: float, batch_size: int | None) -> list[tuple]:
+    def _run_regions(self, regions: list[np.ndarray], thresh: float, batch_size: int | None, by_size: bool = True) -> list[tuple]:
         """(boxes in each region's pixels, scores, labels) per region, above ``thresh``; the graph's cap only. Regions
-        are batched with others of their own size, as the torch path batches them."""
+        are batched in the order given or (``by_size``) with others of their own size, as the torch path does."""
         step = max(1, int(batch_size)) if batch_size else max(1, len(regions))
-        by_size: dict[tuple[int, int], list[int]] = {}
+        groups: dict[tuple[int, int], list[int]] = {}
         for k, r in enumerate(regions):
-            by_size.setdefault((int(r.shape[0]), int(r.shape[1])), []).append(k)
+            groups.setdefault((int(r.shape[0]), int(r.shape[1])) if by_size else (0, 0), []).append(k)
         out: list = [None] * len(regions)
-        for members in by_size.values():
+        for members in groups.values():
             for start in range(0, len(members), step):
                 chunk = members[start:start + step]
                 batch, sizes = preprocess([regions[k] for k in chunk], self.preprocess_cfg, self.input_dtype)

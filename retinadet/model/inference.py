@@ -65,7 +65,7 @@ def detect_images(model: RetinaNet, images: Sequence[Tensor], preprocess: Prepro
     common = dict(conf=conf, iou=iou, amp=amp, class_names=class_names)
     plans = plan_images([img.shape[-2:] for img in images], pre, tiling, scale, report)
     if all(p is None for p in plans):
-        return _run_regions(model, list(images), pre, device, batch_size, max_det=max_det, **common)
+        return _run_regions(model, list(images), pre, device, batch_size, by_size=False, max_det=max_det, **common)
     # Regions: (image, tile index or -1 for the whole image, x1, y1, pixels).
     regions: list[tuple[int, int, int, int, Tensor]] = []
     grids: list[np.ndarray | None] = []
@@ -104,15 +104,15 @@ def detect_images(model: RetinaNet, images: Sequence[Tensor], preprocess: Prepro
 
 
 def _run_regions(model: RetinaNet, regions: list[Tensor], pre: PreprocessConfig, device, batch_size: int | None,
-                 **options) -> list[Detections]:
-    """Detections of each region, ``batch_size`` at a time. Regions are batched with others of their own size, so
-    that a tile's detections do not depend on what it shared a padded canvas with."""
+                 by_size: bool = True, **options) -> list[Detections]:
+    """Detections of each region, ``batch_size`` at a time, in the order given or (``by_size``) batched with regions
+    of their own size, so that a tile's detections never depend on what it shared a padded canvas with."""
     step = max(1, int(batch_size)) if batch_size else max(1, len(regions))
-    by_size: dict[tuple[int, int], list[int]] = {}
+    groups: dict[tuple[int, int], list[int]] = {}
     for k, r in enumerate(regions):
-        by_size.setdefault((int(r.shape[-2]), int(r.shape[-1])), []).append(k)
+        groups.setdefault((int(r.shape[-2]), int(r.shape[-1])) if by_size else (0, 0), []).append(k)
     out: list[Detections | None] = [None] * len(regions)
-    for members in by_size.values():
+    for members in groups.values():
         for start in range(0, len(members), step):
             chunk = members[start:start + step]
             for k, d in zip(chunk, detect_batch(model, prepare_batch([regions[k] for k in chunk], pre, device), **options)):
