@@ -21,6 +21,8 @@ SUBCOMMANDS = {
     "predict": "retinadet.cli.predict",
     "cam": "retinadet.cli.cam",
     "export": "retinadet.cli.export",
+    "serve": "retinadet.cli.serve",
+    "rank": "retinadet.cli.rank",
 }
 
 

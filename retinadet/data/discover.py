@@ -2,6 +2,8 @@
 
 Accepted inputs:
 * a COCO ``.json`` file, a CSV ``.csv`` file (class file beside it);
+* a ``.txt`` list of image paths (what ``predict --source`` reads and ``retinadet rank`` writes): unlabelled
+  images, each a negative, with no classes (``data convert ranking.txt --to coco`` hands them to a labelling tool);
 * a dataset YAML (``path``, ``train``/``val``/``test`` sources, ``names``) -- YOLO's
   ``data.yaml`` is one; a source may be a folder of images (YOLO) or any other
   supported path (COCO json, VOC folder, CSV);
@@ -24,10 +26,12 @@ from retinadet.data.formats.coco import ROBOFLOW_ANNOTATION_FILE, load_coco_json
 from retinadet.data.formats.csv_format import read_csv
 from retinadet.data.formats.voc import is_voc_root, list_voc_splits, read_voc
 from retinadet.data.formats.yolo import parse_names, read_yolo
+from retinadet.data.images import image_size
 from retinadet.data.records import DatasetRecords, ImageRecord
 from retinadet.data.shapes_large import ensure_large_shapes_dataset
 from retinadet.data.synthetic import ensure_shapes_dataset
 from retinadet.errors import DataError
+from retinadet.utils.sources import list_sources
 
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "test": "test",
                  "testing": "test", "trainval": "trainval"}
@@ -151,7 +155,9 @@ def load_splits(path: str | os.PathLike) -> dict[str, DatasetRecords]:
             return _load_yaml_splits(path)
         if suffix == ".csv":
             return {"all": read_csv(path)}
-        raise DataError(f"{path}: unknown annotation file type (expected .json, .yaml or .csv)")
+        if suffix == ".txt":
+            return {"all": read_image_list(path)}
+        raise DataError(f"{path}: unknown annotation file type (expected .json, .yaml, .csv or a .txt list of images)")
 
     if is_voc_root(path):
         splits = [s for s in list_voc_splits(path) if s != "trainval"]
@@ -186,6 +192,19 @@ def load_splits(path: str | os.PathLike) -> dict[str, DatasetRecords]:
         return _sorted({normalize_split(p.stem): read_csv(p, split=normalize_split(p.stem)) for p in csvs})
     raise DataError(f"{path}: could not detect the dataset format (looked for VOC Annotations/, COCO json, "
                     f"Roboflow {ROBOFLOW_ANNOTATION_FILE}, YOLO data.yaml, CSV)")
+
+
+def read_image_list(path: Path) -> DatasetRecords:
+    """Unlabelled images from a .txt list of paths (relative ones to the list's folder): no boxes, no classes."""
+    records = []
+    for i, file in enumerate(list_sources(path)):
+        try:
+            width, height = image_size(file)
+        except DataError:
+            width = height = 0  # reported as a missing/unreadable image by check and the loader
+        records.append(ImageRecord(Path(file), width, height, np.zeros((0, 4)), np.zeros(0, np.int64), np.zeros(0, bool), i + 1,
+                                   source=str(path)))
+    return DatasetRecords(records, [], [], root=path.parent, split="all", format="list")
 
 
 def _sorted(splits: dict[str, DatasetRecords]) -> dict[str, DatasetRecords]:
