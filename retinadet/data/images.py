@@ -132,14 +132,22 @@ def _looks_truncated(data: bytes | bytearray) -> bool:
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
     """(width, height) from the file header without decoding the pixels (EXIF-rotated)."""
     path = Path(path)
+    limit = Image.MAX_IMAGE_PIXELS
     try:
+        # Only the header is read: Pillow's decompression-bomb limit (178 MP) guards a decode, not this.
+        Image.MAX_IMAGE_PIXELS = None
         with Image.open(path) as img:
             w, h = img.size
-            orientation = img.getexif().get(0x0112, 1)
+            try:
+                orientation = img.getexif().get(0x0112, 1)
+            except Exception:  # noqa: BLE001 - a PNG's EXIF may follow its pixels: reading it would decode them
+                orientation = 1
     except FileNotFoundError as exc:
         raise DataError(f"{path}: image file not found") from exc
     except Exception as exc:  # noqa: BLE001
         raise DataError(f"{path}: unreadable image ({exc})") from exc
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
     if orientation in (5, 6, 7, 8):
         w, h = h, w
     return int(w), int(h)

@@ -76,3 +76,28 @@ def test_bad_files_raise_data_error_naming_the_file(tmp_path, rgb, case):
         path.write_bytes(b"")
     with pytest.raises(DataError, match=str(path.name)):
         read_image(path)
+
+
+def test_a_huge_image_is_announced_with_its_decode_memory(tmp_path):
+    """Only the header is read (a PNG whose IHDR says 20000x20000, no pixel data): the note names the size and the
+    memory its decode takes, and an ordinary image gets none."""
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    from retinadet.data.images import decode_memory_note, image_size
+
+    small = tmp_path / "small.png"
+    Image.new("RGB", (64, 48)).save(small)
+    png = bytearray(small.read_bytes())
+    png[16:24] = struct.pack(">II", 20000, 20000)  # IHDR's width and height, then its CRC
+    png[29:33] = struct.pack(">I", zlib.crc32(bytes(png[12:29])))
+    path = tmp_path / "slide.png"
+    path.write_bytes(bytes(png))
+    limit = Image.MAX_IMAGE_PIXELS
+    assert image_size(path) == (20000, 20000)
+    assert Image.MAX_IMAGE_PIXELS == limit  # the decode's own guard is left as it was
+    note = decode_memory_note(path)
+    assert note is not None and "20000x20000 px" in note and "1.1 GiB" in note
+    assert decode_memory_note(small) is None
