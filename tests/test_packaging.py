@@ -23,6 +23,9 @@ assert retinadet.__file__.startswith(sys.argv[1]), retinadet.__file__
 det = Detector.from_config("fast", ["cell"], device="cpu")
 dets = det.predict(np.zeros((120, 200, 3), dtype=np.uint8), conf=0.0, max_det=5)
 assert len(dets) == 5 and dets.image_size == (120, 200)
+from importlib.resources import files
+static = files("retinadet.serve") / "static"
+assert all((static / name).is_file() for name in ("index.html", "review.js", "review.css")), "review page assets"
 print("WHEEL OK", retinadet.__file__)
 """
 
@@ -40,6 +43,8 @@ def test_built_wheel_holds_every_module_and_runs(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / "retinadet").rglob("*.py")}
     assert modules - names == set(), "modules missing from the wheel"
+    assets = {p.relative_to(ROOT).as_posix() for p in (ROOT / "retinadet" / "serve" / "static").iterdir()}
+    assert assets and assets - names == set(), "the review page's assets are missing from the wheel"
     assert any(n.endswith("entry_points.txt") for n in names)
 
     site = tmp_path / "site"

@@ -17,7 +17,6 @@ quantile table, which is ~7x cheaper than drawing normal floats.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -27,9 +26,8 @@ from statistics import NormalDist
 import numpy as np
 from PIL import Image
 
-from retinadet.data.formats.coco import ROBOFLOW_ANNOTATION_FILE
 from retinadet.data.synthetic import CLASS_NAMES as _SHAPE_NAMES
-from retinadet.data.synthetic import SPLIT_DIRS, _shape_mask, encode_jpeg, ensure_cached, parallel_map
+from retinadet.data.synthetic import SPLIT_DIRS, _shape_mask, encode_jpeg, ensure_cached, parallel_map, write_annotations
 from retinadet.errors import DataError
 
 LARGE_SHAPES_VERSION = 1
@@ -253,21 +251,10 @@ def write_large_shapes_dataset(out: str | os.PathLike, cfg: LargeShapesConfig = 
         folder.mkdir(parents=True, exist_ok=True)
         jobs += [(cfg, split_index, a, min(a + 2, count), str(folder)) for a in range(0, count, 2)]
     results = parallel_map(_render_chunk, jobs, workers)
-    by_split: dict[int, list] = {}
+    rendered: dict[int, list] = {}
     for job, result in zip(jobs, results):
-        by_split.setdefault(job[1], []).extend(result)
-    total = 0
-    for split_index, split in enumerate(counts):
-        images, annotations = [], []
-        for i, width, height, objects in sorted(by_split.get(split_index, []), key=lambda r: r[0]):
-            images.append({"id": i + 1, "file_name": f"{split}_{i:05d}.jpg", "width": width, "height": height})
-            for x1, y1, x2, y2, label in objects:
-                annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": label + 1,
-                                    "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
-        total += len(images)
-        data = {"info": {"description": f"retinadet shapes-large v{LARGE_SHAPES_VERSION}", "config": cfg.__dict__},
-                "images": images, "annotations": annotations, "categories": categories}
-        (out / SPLIT_DIRS[split] / ROBOFLOW_ANNOTATION_FILE).write_text(json.dumps(data))
+        rendered.setdefault(job[1], []).extend(result)
+    total = write_annotations(out, counts, rendered, categories, f"retinadet shapes-large v{LARGE_SHAPES_VERSION}", cfg.__dict__)
     elapsed = time.perf_counter() - t0
     if progress:
         print(f"shapes-large: {total} images in {elapsed:.1f}s ({elapsed / max(total, 1):.2f} s/image)")

@@ -256,25 +256,33 @@ def write_shapes_dataset(out: str | os.PathLike, cfg: ShapesConfig = ShapesConfi
         step = max(25, count // (4 * max(workers, 1)) + 1)
         jobs += [(cfg, split_index, a, min(a + step, count), str(folder)) for a in range(0, count, step)]
     results = parallel_map(_render_chunk, jobs, workers)
-    objects_by_split: dict[int, list] = {}
+    rendered: dict[int, list] = {}
     for job, result in zip(jobs, results):
-        objects_by_split.setdefault(job[1], []).extend(result)
-    total = 0
-    for split_index, split in enumerate(counts):
-        images, annotations = [], []
-        for i, objects in sorted(objects_by_split.get(split_index, [])):
-            images.append({"id": i + 1, "file_name": f"{split}_{i:05d}.jpg", "width": cfg.size, "height": cfg.size})
-            for x1, y1, x2, y2, kind in objects:
-                annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": kind + 1,
-                                    "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
-        total += len(images)
-        data = {"info": {"description": f"retinadet shapes v{SHAPES_VERSION}", "config": cfg.__dict__},
-                "images": images, "annotations": annotations, "categories": categories}
-        (out / SPLIT_DIRS[split] / ROBOFLOW_ANNOTATION_FILE).write_text(json.dumps(data))
+        rendered.setdefault(job[1], []).extend((i, cfg.size, cfg.size, objects) for i, objects in result)
+    total = write_annotations(out, counts, rendered, categories, f"retinadet shapes v{SHAPES_VERSION}", cfg.__dict__)
     elapsed = time.perf_counter() - t0
     if progress:
         print(f"shapes: {total} images in {elapsed:.1f}s ({total / max(elapsed, 1e-9):.0f} images/s)")
     return {"images": total, "seconds": elapsed, "images_per_s": total / max(elapsed, 1e-9), "root": out, "workers": workers}
+
+
+def write_annotations(out: Path, counts: dict[str, int], rendered: dict[int, list], categories: list[dict],
+                      description: str, config: dict) -> int:
+    """Each split's ``_annotations.coco.json`` from its rendered images, ``rendered[split index]`` holding
+    (index, width, height, objects) with objects (x1, y1, x2, y2, label); returns the images written."""
+    total = 0
+    for split_index, split in enumerate(counts):
+        images, annotations = [], []
+        for i, width, height, objects in sorted(rendered.get(split_index, []), key=lambda r: r[0]):
+            images.append({"id": i + 1, "file_name": f"{split}_{i:05d}.jpg", "width": width, "height": height})
+            for x1, y1, x2, y2, label in objects:
+                annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": label + 1,
+                                    "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
+        total += len(images)
+        data = {"info": {"description": description, "config": config}, "images": images, "annotations": annotations,
+                "categories": categories}
+        (out / SPLIT_DIRS[split] / ROBOFLOW_ANNOTATION_FILE).write_text(json.dumps(data))
+    return total
 
 
 def ensure_cached(name: str, write: Callable[[Path], object], root: str | os.PathLike | None = None) -> Path:

@@ -40,6 +40,7 @@ from retinadet.utils.tiling import (
     full_image_keep,
     merge_tiles,
     plan_images,
+    plan_regions,
     tile_options,
 )
 
@@ -255,18 +256,8 @@ class OnnxDetector:
         pre = self.preprocess_cfg
         plans = plan_images([img.shape[:2] for img in images], pre, tiling, self.scale, report)
         # Regions: (image, tile index or -1 for the whole image, x1, y1, pixels), in detect_images' order.
-        regions: list[tuple[int, int, int, int, np.ndarray]] = []
-        grids: list[np.ndarray | None] = []
-        for i, (img, plan) in enumerate(zip(images, plans)):
-            if plan is None:
-                regions.append((i, -1, 0, 0, img))
-                grids.append(None)
-                continue
-            grid = plan.grid(int(img.shape[0]), int(img.shape[1]))
-            grids.append(grid)
-            regions += [(i, t, x1, y1, img[y1:y2, x1:x2]) for t, (x1, y1, x2, y2) in enumerate(grid.tolist())]
-            if tiling.full_image:
-                regions.append((i, -1, 0, 0, img))
+        boxes, grids = plan_regions([img.shape[:2] for img in images], plans, tiling.full_image)
+        regions = [(i, t, x1, y1, images[i][y1:y2, x1:x2]) for i, t, (x1, y1, x2, y2) in boxes]
         # Whole images only: batched in the order given, as the torch path batches them.
         found = self._run_regions([r[4] for r in regions], thresh, batch_size, by_size=any(p is not None for p in plans))
         per_image: list[list[tuple[int, int, int, tuple]]] = [[] for _ in images]

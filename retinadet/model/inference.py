@@ -22,7 +22,16 @@ from retinadet.structures import Detections
 from retinadet.utils.device import autocast_context
 from retinadet.utils.resize import resize_scale
 from retinadet.utils.sentinels import FROM_CONFIG, FromConfig
-from retinadet.utils.tiling import TileOptions, TilePlan, TilingReport, TrainingScale, full_image_keep, merge_tiles, plan_images
+from retinadet.utils.tiling import (
+    TileOptions,
+    TilePlan,
+    TilingReport,
+    TrainingScale,
+    full_image_keep,
+    merge_tiles,
+    plan_images,
+    plan_regions,
+)
 
 
 @torch.no_grad()
@@ -67,18 +76,8 @@ def detect_images(model: RetinaNet, images: Sequence[Tensor], preprocess: Prepro
     if all(p is None for p in plans):
         return _run_regions(model, list(images), pre, device, batch_size, by_size=False, max_det=max_det, **common)
     # Regions: (image, tile index or -1 for the whole image, x1, y1, pixels).
-    regions: list[tuple[int, int, int, int, Tensor]] = []
-    grids: list[np.ndarray | None] = []
-    for i, (img, plan) in enumerate(zip(images, plans)):
-        if plan is None:
-            regions.append((i, -1, 0, 0, img))
-            grids.append(None)
-            continue
-        grid = plan.grid(int(img.shape[-2]), int(img.shape[-1]))
-        grids.append(grid)
-        regions += [(i, t, int(x1), int(y1), img[:, y1:y2, x1:x2]) for t, (x1, y1, x2, y2) in enumerate(grid.tolist())]
-        if tiling.full_image:
-            regions.append((i, -1, 0, 0, img))
+    boxes, grids = plan_regions([img.shape[-2:] for img in images], plans, tiling.full_image)
+    regions = [(i, t, x1, y1, images[i][:, y1:y2, x1:x2]) for i, t, (x1, y1, x2, y2) in boxes]
     # One pass without a cap, then each region's own: a whole image's is ``max_det``, a tile's the model's.
     model_cap = model.cfg.inference.max_det
     whole_cap = model_cap if max_det is FROM_CONFIG else max_det

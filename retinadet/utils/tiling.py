@@ -397,3 +397,24 @@ def plan_images(sizes: Sequence[Sequence[int]], preprocess: Mapping | object, ti
                 report.note("shrink", f"warning: {warning}")
         plans.append(plan)
     return plans
+
+
+def plan_regions(sizes: Sequence[Sequence[int]], plans: Sequence[TilePlan | None], full_image: bool
+                 ) -> tuple[list[tuple[int, int, tuple[int, int, int, int]]], list[np.ndarray | None]]:
+    """The regions the network sees, in order: (image, tile index or -1 for the whole image, (x1, y1, x2, y2)) for
+    each image's tiles (then the whole image, with ``full_image``), or the whole image when it is not sliced; and
+    each image's tile grid (None: not sliced). Both paths cut their arrays by these."""
+    regions: list[tuple[int, int, tuple[int, int, int, int]]] = []
+    grids: list[np.ndarray | None] = []
+    for i, ((h, w), plan) in enumerate(zip(sizes, plans)):
+        whole = (i, -1, (0, 0, int(w), int(h)))
+        if plan is None:
+            regions.append(whole)
+            grids.append(None)
+            continue
+        grid = plan.grid(int(h), int(w))
+        grids.append(grid)
+        regions += [(i, t, tuple(box)) for t, box in enumerate(grid.tolist())]
+        if full_image:
+            regions.append(whole)
+    return regions, grids
