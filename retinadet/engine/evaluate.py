@@ -19,6 +19,7 @@ from tqdm import tqdm
 from retinadet.data.formats.coco import coco_api
 from retinadet.data.images import read_image
 from retinadet.data.records import DatasetRecords
+from retinadet.data.regions import RegionImage, open_regions
 from retinadet.engine.datasets import eval_split
 from retinadet.engine.distributed import DistInfo, all_gather_objects
 from retinadet.engine.error_analysis import draw_worst, error_analysis, format_errors
@@ -265,7 +266,7 @@ def run_sliced_inference(model, data: DatasetRecords, preprocess: PreprocessConf
         images, kept = [], []
         for r in records[start:start + step]:
             try:
-                images.append(read_image(r.path))
+                images.append(open_regions(r.path) or read_image(r.path))  # a large tiled TIFF is read by region
                 kept.append(r)
             except DataError:
                 skipped.append(str(r.path))
@@ -275,6 +276,9 @@ def run_sliced_inference(model, data: DatasetRecords, preprocess: PreprocessConf
             for r, d in zip(kept, dets):
                 d.source = str(r.path)
                 out[int(r.image_id)] = d.cpu()
+            for img in images:
+                if isinstance(img, RegionImage):
+                    img.close()
         bar.update(len(records[start:start + step]))
     bar.close()
     if report.log is not None:

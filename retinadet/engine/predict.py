@@ -17,6 +17,7 @@ import torch
 from tqdm import tqdm
 
 from retinadet.data.images import decode_memory_note, read_image
+from retinadet.data.regions import RegionImage, open_regions
 from retinadet.engine.plots import draw_boxes, save_image
 from retinadet.engine.video import VideoWriter, probe_video, read_video_frames
 from retinadet.errors import DataError
@@ -33,7 +34,7 @@ from retinadet.utils.tiling import TileOptions, TilingReport, tile_options
 @dataclass
 class Frame:
     name: str  # file name (or video stem + frame index)
-    image: torch.Tensor  # uint8 [3, H, W]
+    image: torch.Tensor | RegionImage  # uint8 [3, H, W], or a large tiled TIFF read by region
     source: str
     image_id: int  # the input's position: in the source listing, or the frame number of a video (from 1)
     frame_index: int | None = None  # set for video frames
@@ -62,10 +63,14 @@ def iter_frames(files: list[str], writer: PredictionWriter, strict: bool, log) -
             continue
         if writer.is_done(f):
             continue
-        if (note := decode_memory_note(f)) is not None:
-            log(note)
         try:
-            image = read_image(f)
+            image = open_regions(f)  # a large tiled TIFF: read tile by tile, never whole
+            if image is not None:
+                log(f"{f}: {image.width}x{image.height} px tiled TIFF, read by region")
+            else:
+                if (note := decode_memory_note(f)) is not None:
+                    log(note)
+                image = read_image(f)
         except DataError as exc:
             if strict:
                 raise
@@ -135,7 +140,9 @@ def predict(detector: Any, source: str | os.PathLike, *, conf: float | None = No
                 if r is not None:
                     writer.add(fr.image_id, fr.name, fr.source, r.image_size, r.boxes.tolist(), r.scores.tolist(),
                                r.labels.tolist(), fr.frame_index)
-                if save:
+                if save and isinstance(fr.image, RegionImage):
+                    log(f"{fr.source}: read by region, so no annotated copy is drawn (the detections are in predictions.json)")
+                elif save:
                     boxes, scores, labels = (r.boxes, r.scores, r.labels) if r is not None else _recorded(writer, fr, detector)
                     drawn = draw_boxes(fr.image, boxes, labels, detector.class_names, scores)
                     if fr.frame_index is None:
@@ -146,6 +153,9 @@ def predict(detector: Any, source: str | os.PathLike, *, conf: float | None = No
                                                                   probe_video(fr.source))
                         drawn_videos[fr.source].write(drawn)
             writer.flush()
+            for fr in chunk:
+                if isinstance(fr.image, RegionImage):
+                    fr.image.close()
             bar.update(len(chunk))
     except BaseException:
         writer.flush()

@@ -74,10 +74,11 @@ def detect_images(model: RetinaNet, images: Sequence[Tensor], preprocess: Prepro
     common = dict(conf=conf, iou=iou, amp=amp, class_names=class_names)
     plans = plan_images([img.shape[-2:] for img in images], pre, tiling, scale, report)
     if all(p is None for p in plans):
-        return _run_regions(model, list(images), pre, device, batch_size, by_size=False, max_det=max_det, **common)
+        whole = [(img, (0, 0, int(img.shape[-1]), int(img.shape[-2]))) for img in images]
+        return _run_regions(model, whole, pre, device, batch_size, by_size=False, max_det=max_det, **common)
     # Regions: (image, tile index or -1 for the whole image, x1, y1, pixels).
     boxes, grids = plan_regions([img.shape[-2:] for img in images], plans, tiling.full_image)
-    regions = [(i, t, x1, y1, images[i][:, y1:y2, x1:x2]) for i, t, (x1, y1, x2, y2) in boxes]
+    regions = [(i, t, box[0], box[1], (images[i], box)) for i, t, box in boxes]
     # One pass without a cap, then each region's own: a whole image's is ``max_det``, a tile's the model's.
     model_cap = model.cfg.inference.max_det
     whole_cap = model_cap if max_det is FROM_CONFIG else max_det
@@ -102,19 +103,22 @@ def detect_images(model: RetinaNet, images: Sequence[Tensor], preprocess: Prepro
     return out
 
 
-def _run_regions(model: RetinaNet, regions: list[Tensor], pre: PreprocessConfig, device, batch_size: int | None,
+def _run_regions(model: RetinaNet, regions: list[tuple], pre: PreprocessConfig, device, batch_size: int | None,
                  by_size: bool = True, **options) -> list[Detections]:
-    """Detections of each region, ``batch_size`` at a time, in the order given or (``by_size``) batched with regions
-    of their own size, so that a tile's detections never depend on what it shared a padded canvas with."""
+    """Detections of each region (image, (x1, y1, x2, y2)), ``batch_size`` at a time, in the order given or
+    (``by_size``) batched with regions of their own size, so that a tile's detections never depend on what it shared
+    a padded canvas with. A region is cut from its image only when its batch runs: a view of a tensor, or the read
+    of a :class:`retinadet.data.regions.RegionImage`'s tiles."""
     step = max(1, int(batch_size)) if batch_size else max(1, len(regions))
     groups: dict[tuple[int, int], list[int]] = {}
-    for k, r in enumerate(regions):
-        groups.setdefault((int(r.shape[-2]), int(r.shape[-1])) if by_size else (0, 0), []).append(k)
+    for k, (_, (x1, y1, x2, y2)) in enumerate(regions):
+        groups.setdefault((y2 - y1, x2 - x1) if by_size else (0, 0), []).append(k)
     out: list[Detections | None] = [None] * len(regions)
     for members in groups.values():
         for start in range(0, len(members), step):
             chunk = members[start:start + step]
-            for k, d in zip(chunk, detect_batch(model, prepare_batch([regions[k] for k in chunk], pre, device), **options)):
+            pixels = [img[:, y1:y2, x1:x2] for img, (x1, y1, x2, y2) in (regions[k] for k in chunk)]
+            for k, d in zip(chunk, detect_batch(model, prepare_batch(pixels, pre, device), **options)):
                 out[k] = d
     return out
 
