@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,10 +27,27 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampl
 
 from retinadet.data.discover import load_dataset
 from retinadet.data.images import read_image
-from retinadet.data.records import DatasetRecords
+from retinadet.data.records import DatasetRecords, ImageRecord
 from retinadet.data.transforms import BoxStats, DetectionTransform, TransformConfig, build_transform
 from retinadet.errors import DataError
 from retinadet.model import resolve_model_config
+
+
+def read_readable(records: Sequence[ImageRecord], start: int, read: Callable[[str], torch.Tensor], strict: bool
+                  ) -> tuple[torch.Tensor, ImageRecord, list[str]]:
+    """The image of ``records[start]``, or, when it cannot be read, of the next readable record (each unreadable one
+    warned about and listed; ``strict`` makes the first fatal): (image, its record, the paths skipped)."""
+    skipped: list[str] = []
+    for attempt in range(len(records)):
+        record = records[(start + attempt) % len(records)]
+        try:
+            return read(str(record.path)), record, skipped
+        except DataError as exc:
+            if strict:
+                raise
+            warnings.warn(f"skipping unreadable image: {exc}", RuntimeWarning, stacklevel=3)
+            skipped.append(str(record.path))
+    raise DataError(f"no readable image in the dataset (last tried: {skipped[-1] if skipped else '?'})")
 
 
 class DetectionDataset(Dataset):
@@ -62,19 +79,7 @@ class DetectionDataset(Dataset):
         return [r.width / r.height if r.width > 0 and r.height > 0 else 1.0 for r in self.records]
 
     def __getitem__(self, index: int):
-        skipped: list[str] = []
-        for attempt in range(len(self.records)):
-            record = self.records[(index + attempt) % len(self.records)]
-            try:
-                image = read_image(record.path)
-                break
-            except DataError as exc:
-                if self.strict:
-                    raise
-                warnings.warn(f"skipping unreadable image: {exc}", RuntimeWarning, stacklevel=2)
-                skipped.append(str(record.path))
-        else:
-            raise DataError(f"no readable image in the dataset (last tried: {skipped[-1] if skipped else '?'})")
+        image, record, skipped = read_readable(self.records, index, read_image, self.strict)
 
         orig_h, orig_w = int(image.shape[-2]), int(image.shape[-1])
         boxes = torch.from_numpy(record.boxes.copy())

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import math
-import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ import torch
 from torch.utils.data import Dataset
 
 from retinadet.data.images import read_image
-from retinadet.data.loading import DetectionCollate, LoaderCounters
+from retinadet.data.loading import DetectionCollate, LoaderCounters, read_readable
 from retinadet.data.records import DatasetRecords, ImageRecord
 from retinadet.data.transforms import BoxStats, DetectionTransform
 from retinadet.errors import ConfigError, DataError
@@ -227,19 +226,7 @@ class TileDataset(Dataset):
 
     def __getitem__(self, index: int):
         sample = self.samples[index]
-        skipped: list[str] = []
-        for attempt in range(len(self.records)):
-            record = self.records[(sample.image + attempt) % len(self.records)]
-            try:
-                image = self._read(str(record.path))
-                break
-            except DataError as exc:
-                if self.strict:
-                    raise
-                warnings.warn(f"skipping unreadable image: {exc}", RuntimeWarning, stacklevel=2)
-                skipped.append(str(record.path))
-        else:
-            raise DataError(f"no readable image in the dataset (last tried: {skipped[-1] if skipped else '?'})")
+        image, record, skipped = read_readable(self.records, sample.image, self._read, self.strict)
 
         h, w = int(image.shape[-2]), int(image.shape[-1])
         window = tile_window(h, w, record.boxes, record.crowd, sample.kind, self.sampling.size)

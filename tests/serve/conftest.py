@@ -5,9 +5,6 @@ from __future__ import annotations
 import http.client
 import io
 import json
-import socket
-import threading
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -15,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from serve_support import loopback_server
 
 
 @pytest.fixture(scope="session")
@@ -89,25 +87,8 @@ class Client:
 @contextmanager
 def running(app):
     """Serve ``app`` with uvicorn on a free loopback port in a background thread; stops it on exit."""
-    import uvicorn
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.01)
-    try:
-        yield Client(sock.getsockname()[1])
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
-        assert not thread.is_alive(), "the test server did not stop"
+    with loopback_server(app) as port:
+        yield Client(port)
 
 
 @pytest.fixture(scope="session")

@@ -8,9 +8,6 @@ import http.client
 import io
 import json
 import re
-import socket
-import threading
-import time
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from serve_support import loopback_server
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
@@ -94,23 +92,8 @@ class Client:
 @contextmanager
 def running(app):
     """``app`` on a free loopback port (uvicorn in a thread), stopped on exit."""
-    import uvicorn
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the test server did not start"
-        time.sleep(0.01)
-    try:
-        yield Client(sock.getsockname()[1])
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
+    with loopback_server(app) as port:
+        yield Client(port)
 
 
 def p(path: str) -> str:
