@@ -160,7 +160,7 @@ def load(spec: str | os.PathLike, class_names: Sequence[str] | str | None = None
 
 
 # What a predict run records in its args.json, to be resumed with the same options.
-_RESUMABLE = ("conf", "iou", "max_det", "batch", "imgsz", "amp", "save", "save_txt", "save_csv", "strict", "tile",
+_RESUMABLE = ("conf", "iou", "max_det", "batch", "imgsz", "amp", "save", "save_txt", "save_csv", "save_geojson", "strict", "tile",
               "tile_overlap", "tile_merge", "tile_match", "tile_threshold", "full_image")
 
 

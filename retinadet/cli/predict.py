@@ -9,7 +9,8 @@ from retinadet.cli.options import TILING, tiling_kwargs, tiling_options
 
 # CLI names of the options a run records, and their keyword in the API.
 OPTIONS = {"conf": "conf", "iou": "iou", "max_det": "max_det", "batch": "batch", "imgsz": "imgsz",
-           "save_txt": "save_txt", "save_csv": "save_csv", "nosave": "save", "strict": "strict", **TILING}
+           "save_txt": "save_txt", "save_csv": "save_csv", "save_geojson": "save_geojson", "nosave": "save",
+           "strict": "strict", **TILING}
 
 
 @click.command("predict")
@@ -24,6 +25,8 @@ OPTIONS = {"conf": "conf", "iou": "iou", "max_det": "max_det", "batch": "batch",
 @click.option("--device", default=None, help="auto, cpu, cuda[:N], mps.")
 @click.option("--save-txt", is_flag=True, help="Also write YOLO-style labels/*.txt (class cx cy w h score, normalised).")
 @click.option("--save-csv", is_flag=True, help="Also write predictions.csv.")
+@click.option("--save-geojson", is_flag=True,
+              help="Also write geojson/<stem>.geojson per image: QuPath imports it (classes with their colours, score as a measurement).")
 @click.option("--nosave", is_flag=True, help="Do not write annotated images.")
 @click.option("--strict", is_flag=True, help="Stop at the first unreadable input instead of skipping it.")
 @click.option("--resume", default=None, type=click.Path(file_okay=False),
@@ -33,7 +36,7 @@ OPTIONS = {"conf": "conf", "iou": "iou", "max_det": "max_det", "batch": "batch",
 @click.option("--exist-ok", is_flag=True)
 @tiling_options
 @click.pass_context
-def command(ctx, weights, source, conf, iou, max_det, batch, imgsz, device, save_txt, save_csv, nosave, strict, resume,
+def command(ctx, weights, source, conf, iou, max_det, batch, imgsz, device, save_txt, save_csv, save_geojson, nosave, strict, resume,
             project, name, exist_ok, **tiling) -> None:
     """Write annotated images and predictions.json (COCO results + file_name + class name, original pixels).
 
@@ -51,7 +54,8 @@ def command(ctx, weights, source, conf, iou, max_det, batch, imgsz, device, save
     from retinadet.utils.sentinels import FROM_CONFIG
 
     values = {"conf": conf, "iou": iou, "max_det": FROM_CONFIG if max_det is None else max_det, "batch": batch,
-              "imgsz": imgsz, "save_txt": save_txt, "save_csv": save_csv, "save": not nosave, "strict": strict,
+              "imgsz": imgsz, "save_txt": save_txt, "save_csv": save_csv, "save_geojson": save_geojson, "save": not nosave,
+              "strict": strict,
               **tiling_kwargs(tiling)}
     if resume is not None:  # only what was given now: the rest comes from the run
         given = {api for cli, api in OPTIONS.items() if ctx.get_parameter_source(cli) == ParameterSource.COMMANDLINE}

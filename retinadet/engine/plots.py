@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from retinadet.structures import Detections
+from retinadet.utils.colors import class_colors
 
 
 def _figure(figsize: tuple[float, float]):
@@ -140,13 +141,6 @@ def plot_confusion(matrix: np.ndarray, class_names: Sequence[str], path: str | o
     fig.tight_layout()
     out = _save(fig, path)
     return out
-
-
-def class_colors(num_classes: int) -> list[tuple[int, int, int]]:
-    """A distinct colour per class (evenly spaced hues)."""
-    import colorsys
-
-    return [tuple(int(255 * c) for c in colorsys.hsv_to_rgb((i * 0.618034) % 1.0, 0.85, 0.95)) for i in range(max(1, num_classes))]
 
 
 def draw_boxes(image: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str],

@@ -93,7 +93,7 @@ def _batches(frames: Iterator[Frame], size: int) -> Iterator[list[Frame]]:
 
 def predict(detector: Any, source: str | os.PathLike, *, conf: float | None = None, iou: float | None = None,
             max_det: int | None | FromConfig = FROM_CONFIG, batch: int = 4, imgsz: int | None = None, amp: Any = False,
-            save: bool = True, save_txt: bool = False, save_csv: bool = False, project: str = "runs",
+            save: bool = True, save_txt: bool = False, save_csv: bool = False, save_geojson: bool = False, project: str = "runs",
             name: str | None = None, exist_ok: bool = False, progress: bool = True, log=print, strict: bool = False,
             resume: str | os.PathLike | None = None, run_args: dict | None = None,
             tile: TileOptions | int | str | None = "auto", tile_overlap: float = 0.2, tile_merge: str = "nms",
@@ -116,6 +116,7 @@ def predict(detector: Any, source: str | os.PathLike, *, conf: float | None = No
     pre = model.cfg.preprocess.at_size(imgsz)
     out = Path(resume) if resume is not None else increment_run_dir(project, "predict", name, exist_ok)
     writer = PredictionWriter(out, detector.class_names, detector.category_ids, save_txt=save_txt, save_csv=save_csv,
+                              save_geojson=save_geojson,
                               resume=resume is not None)
     if run_args is not None and resume is None:
         write_json(out / "args.json", run_args)

@@ -13,7 +13,6 @@ from the export's metadata, and the regions (tiles and whole images) of one call
 
 from __future__ import annotations
 
-import colorsys
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -27,6 +26,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 from retinadet.errors import ConfigError, DataError, RetinadetError
 from retinadet.export.errors import ExportError
 from retinadet.utils import resize as rule
+from retinadet.utils.colors import class_colors
 from retinadet.utils.files import increment_run_dir, write_json
 from retinadet.utils.prediction_writer import PredictionWriter
 from retinadet.utils.sentinels import FROM_CONFIG, FromConfig
@@ -338,11 +338,6 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise DataError(f"{p}: cannot decode image ({exc})") from exc
 
 
-def class_colors(num_classes: int) -> list[tuple[int, int, int]]:
-    """The class colours of :func:`retinadet.engine.plots.class_colors`."""
-    return [tuple(int(255 * c) for c in colorsys.hsv_to_rgb((i * 0.618034) % 1.0, 0.85, 0.95)) for i in range(max(1, num_classes))]
-
-
 def draw_boxes(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
                scores: np.ndarray | None = None, width: int = 2) -> np.ndarray:
     """The drawing of :func:`retinadet.engine.plots.draw_boxes` (torchvision's draw_bounding_boxes) in Pillow."""
@@ -376,7 +371,8 @@ def save_image(image: np.ndarray, path: str | os.PathLike) -> Path:
 
 def predict_onnx(weights: Any, source: str | os.PathLike, *, conf: float | None = None, iou: float | None = None,
                  max_det: int | None | FromConfig = FROM_CONFIG, batch: int = 4, imgsz: int | None = None,
-                 save: bool = True, save_txt: bool = False, save_csv: bool = False, project: str = "runs",
+                 save: bool = True, save_txt: bool = False, save_csv: bool = False, save_geojson: bool = False,
+                 project: str = "runs",
                  name: str | None = None, exist_ok: bool = False, progress: bool = True, log=print,
                  amp: Any = False, strict: bool = False, resume: str | os.PathLike | None = None,
                  run_args: dict | None = None, tile: TileOptions | int | str | None = "auto", tile_overlap: float = 0.2,
@@ -399,6 +395,7 @@ def predict_onnx(weights: Any, source: str | os.PathLike, *, conf: float | None 
             det.preprocess_cfg["fixed_size"] = int(imgsz)
     out = Path(resume) if resume is not None else increment_run_dir(project, "predict", name, exist_ok)
     writer = PredictionWriter(out, det.class_names, det.category_ids, save_txt=save_txt, save_csv=save_csv,
+                              save_geojson=save_geojson,
                               resume=resume is not None)
     if run_args is not None and resume is None:
         write_json(out / "args.json", run_args)
@@ -463,6 +460,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--imgsz", type=int, default=None)
     ap.add_argument("--save-txt", action="store_true")
     ap.add_argument("--save-csv", action="store_true")
+    ap.add_argument("--save-geojson", action="store_true", help="also write geojson/<stem>.geojson per image (QuPath)")
     ap.add_argument("--nosave", action="store_true")
     ap.add_argument("--project", default="runs")
     ap.add_argument("--name", default=None)
@@ -485,7 +483,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    args.tile_match, _number("--tile-threshold", args.tile_threshold), args.full_image)
         predict_onnx(args.weights, args.source, conf=args.conf, iou=args.iou,
                      max_det=FROM_CONFIG if args.max_det is None else args.max_det, batch=args.batch, imgsz=args.imgsz,
-                     save=not args.nosave, save_txt=args.save_txt, save_csv=args.save_csv, project=args.project,
+                     save=not args.nosave, save_txt=args.save_txt, save_csv=args.save_csv,
+                     save_geojson=args.save_geojson, project=args.project,
                      name=args.name, exist_ok=args.exist_ok, progress=False, strict=args.strict, tile=tiling)
     except RetinadetError as exc:
         print(f"Error: {exc}", file=sys.stderr)

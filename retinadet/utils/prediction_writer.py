@@ -2,7 +2,8 @@
 
 As it goes: ``predictions.jsonl``, one line per input (its detections, or why it was skipped), flushed after
 each batch, so that an interrupted run (Ctrl-C, SIGTERM, kill -9) keeps every finished image; and
-``labels/<stem>.txt`` (YOLO style) when asked. At the end, written atomically from the lines: ``predictions.json``
+``labels/<stem>.txt`` (YOLO style) and ``geojson/<stem>.geojson`` (QuPath's import format) when asked. At the
+end, written atomically from the lines: ``predictions.json``
 (COCO results plus file name, source and class name, original pixels), ``skipped.txt`` and optionally
 ``predictions.csv``. A run continued with ``resume`` skips the inputs its lines already hold and ends with
 the files an uninterrupted run writes.
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from retinadet.errors import DataError
 from retinadet.utils.files import atomic_write_text, write_csv, write_json
+from retinadet.utils.geojson import to_feature_collection
 
 CSV_HEADER = ["file_name", "class_name", "category_id", "score", "x1", "y1", "x2", "y2"]
 LINES = "predictions.jsonl"
@@ -32,12 +34,12 @@ class PredictionWriter:
     """Collects one input at a time (plain lists: xyxy boxes, scores, labels) under ``out_dir``."""
 
     def __init__(self, out_dir: str | os.PathLike, class_names: Sequence[str], category_ids: Sequence[int] | None = None,
-                 save_txt: bool = False, save_csv: bool = False, resume: bool = False):
+                 save_txt: bool = False, save_csv: bool = False, resume: bool = False, save_geojson: bool = False):
         self.out = Path(out_dir)
         self.class_names = list(class_names)
         # Without dataset ids (a model trained on no COCO file), categories count from 1 as in COCO.
         self.category_ids = list(category_ids) if category_ids else list(range(1, len(self.class_names) + 1))
-        self.save_txt, self.save_csv = save_txt, save_csv
+        self.save_txt, self.save_csv, self.save_geojson = save_txt, save_csv, save_geojson
         self.lines = self.out / LINES
         self.done: dict[str, dict] = {}  # input key -> its line, from this run and the one it resumes
         if resume:
@@ -49,6 +51,8 @@ class PredictionWriter:
         self._fh = open(self.lines, "a", encoding="utf-8")
         if save_txt:
             (self.out / "labels").mkdir(parents=True, exist_ok=True)
+        if save_geojson:
+            (self.out / "geojson").mkdir(parents=True, exist_ok=True)
 
     def is_done(self, source: str, frame: int | None = None) -> bool:
         return input_key(source, frame) in self.done
@@ -72,6 +76,9 @@ class PredictionWriter:
             lines = [f"{lab} {(x1 + x2) / 2 / w:.6f} {(y1 + y2) / 2 / h:.6f} {(x2 - x1) / w:.6f} {(y2 - y1) / h:.6f} {s:.5f}"
                      for (x1, y1, x2, y2), s, lab in zip(boxes, scores, labels)]
             atomic_write_text(self.out / "labels" / (Path(file_name).stem + ".txt"), "".join(line + "\n" for line in lines))
+        if self.save_geojson and frame is None:
+            collection = to_feature_collection(boxes, scores, labels, self.class_names)
+            write_json(self.out / "geojson" / (Path(file_name).stem + ".geojson"), collection)
 
     def skip(self, image_id: int, source: str, reason: str, frame: int | None = None) -> None:
         entry = {"image_id": int(image_id), "source": source, "skipped": reason}

@@ -114,3 +114,21 @@ def test_coco_cap_follows_the_model():
     assert coco_max_dets(dets, None) == 150 and coco_max_dets(dets, 300) == 300
     stats = coco_eval(data, dets, coco_max_dets(dets, 300))[0]
     assert stats["AP50"] == pytest.approx(1.0) and stats["AR100"] == pytest.approx(1.0)
+
+
+def test_predict_writes_geojson_for_qupath(cli, trained_run, mosaics, tmp_path):
+    from retinadet.utils.geojson import read_feature_collection
+
+    best = trained_run / "weights" / "best.pt"
+    res = cli(["predict", "--weights", str(best), "--source", str(mosaics), "--project", str(tmp_path), "--name", "g",
+               "--conf", "0.001", "--nosave", "--save-geojson"])
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "predict" / "g"
+    rows = json.loads((out / "predictions.json").read_text())
+    for stem in ("mosaic0", "mosaic1"):
+        features = read_feature_collection(out / "geojson" / f"{stem}.geojson")
+        mine = [r for r in rows if r["file_name"] == f"{stem}.png"]
+        assert len(features) == len(mine) > 0
+        for f, r in zip(features, mine):  # boxes in the image's pixels (QuPath's frame), the same as predictions.json
+            x, y, w, h = r["bbox"]
+            assert f["box"] == pytest.approx([x, y, x + w, y + h], abs=2e-3) and f["class_name"] == r["class_name"]
