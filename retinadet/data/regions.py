@@ -8,6 +8,7 @@ memory of a run is the tiles in flight, not the slide. Optional: tifffile and za
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,11 @@ class RegionImage:
             self.close()
             raise DataError(f"{self.path}: TIFF axes {axes} {tuple(shape)}: expected gray or RGB(A) pixels (YX or YXS)")
         self.height, self.width = int(shape[0]), int(shape[1])
+        # Decoded file tiles, least recently used first: three rows of them, so the overlapping slices of sliced
+        # inference (along a row, and the row below) decode each file tile once.
+        self._chunk = (int(self._array.chunks[0]), int(self._array.chunks[1]))
+        self._tiles: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        self._keep = 3 * (-(-self.width // self._chunk[1]))
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -62,17 +68,47 @@ class RegionImage:
         if not (isinstance(key, tuple) and len(key) == 3 and key[0] == slice(None)):
             raise TypeError("a RegionImage is read as image[:, y1:y2, x1:x2]")
         rows, cols = key[1], key[2]
-        try:
-            region = np.asarray(self._array[rows, cols])
-        except Exception as exc:  # noqa: BLE001
-            raise DataError(f"{self.path}: cannot read region {rows}, {cols} ({str(exc) or type(exc).__name__})") from exc
+        y1, y2, _ = rows.indices(self.height)
+        x1, x2, _ = cols.indices(self.width)
+        if rows.step not in (None, 1) or cols.step not in (None, 1) or y2 <= y1 or x2 <= x1:
+            raise TypeError(f"a RegionImage is read as image[:, y1:y2, x1:x2] with y1 < y2, x1 < x2, got {rows}, {cols}")
+        region = self._region(y1, y2, x1, x2)
         if region.ndim == 3:
             region = region[..., self._channels] if self._channels is not None else region[..., 0]
         if region.ndim == 2:
             region = np.repeat(region[..., None], 3, axis=2)
         return torch.from_numpy(np.ascontiguousarray(region)).permute(2, 0, 1)
 
+    def _region(self, y1: int, y2: int, x1: int, x2: int) -> np.ndarray:
+        """Pixels [y1:y2, x1:x2], assembled from the file tiles under them."""
+        th, tw = self._chunk
+        parts = []
+        for ty in range(y1 // th, (y2 - 1) // th + 1):
+            row = [self._tile(ty, tx) for tx in range(x1 // tw, (x2 - 1) // tw + 1)]
+            parts.append(np.concatenate(row, axis=1) if len(row) > 1 else row[0])
+        block = np.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
+        oy, ox = (y1 // th) * th, (x1 // tw) * tw
+        return block[y1 - oy:y2 - oy, x1 - ox:x2 - ox]
+
+    def _tile(self, ty: int, tx: int) -> np.ndarray:
+        key = (ty, tx)
+        hit = self._tiles.get(key)
+        if hit is not None:
+            self._tiles.move_to_end(key)
+            return hit
+        th, tw = self._chunk
+        try:
+            tile = np.asarray(self._array[ty * th:(ty + 1) * th, tx * tw:(tx + 1) * tw])
+        except Exception as exc:  # noqa: BLE001
+            raise DataError(f"{self.path}: cannot read the tile at row {ty}, column {tx} "
+                            f"({str(exc) or type(exc).__name__})") from exc
+        self._tiles[key] = tile
+        if len(self._tiles) > self._keep:
+            self._tiles.popitem(last=False)
+        return tile
+
     def close(self) -> None:
+        self._tiles.clear()
         self._tif.close()
 
     def __repr__(self) -> str:
