@@ -18,7 +18,6 @@ quantile table, which is ~7x cheaper than drawing normal floats.
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import NormalDist
@@ -27,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from retinadet.data.synthetic import CLASS_NAMES as _SHAPE_NAMES
-from retinadet.data.synthetic import SPLIT_DIRS, _shape_mask, encode_jpeg, ensure_cached, parallel_map, write_annotations
+from retinadet.data.synthetic import SPLIT_DIRS, _shape_mask, encode_jpeg, ensure_cached, write_rendered
 from retinadet.errors import DataError
 
 LARGE_SHAPES_VERSION = 1
@@ -240,25 +239,12 @@ def write_large_shapes_dataset(out: str | os.PathLike, cfg: LargeShapesConfig = 
     ``workers`` processes (default: up to 4, one per CPU) share the work two images at a
     time; the output does not depend on their number.
     """
-    out = Path(out)
-    workers = workers if workers is not None else min(4, os.cpu_count() or 1)
-    categories = [{"id": i + 1, "name": n, "supercategory": "shapes"} for i, n in enumerate(LARGE_CLASS_NAMES)]
-    counts = {"train": cfg.num_train, "val": cfg.num_val, "test": cfg.num_test}
-    t0 = time.perf_counter()
-    jobs = []
-    for split_index, (split, count) in enumerate(counts.items()):
-        folder = out / SPLIT_DIRS[split]
-        folder.mkdir(parents=True, exist_ok=True)
-        jobs += [(cfg, split_index, a, min(a + 2, count), str(folder)) for a in range(0, count, 2)]
-    results = parallel_map(_render_chunk, jobs, workers)
-    rendered: dict[int, list] = {}
-    for job, result in zip(jobs, results):
-        rendered.setdefault(job[1], []).extend(result)
-    total = write_annotations(out, counts, rendered, categories, f"retinadet shapes-large v{LARGE_SHAPES_VERSION}", cfg.__dict__)
-    elapsed = time.perf_counter() - t0
+    stats = write_rendered(out, cfg, LARGE_CLASS_NAMES, _render_chunk, lambda count, workers: 2,
+                           f"retinadet shapes-large v{LARGE_SHAPES_VERSION}", workers)
     if progress:
-        print(f"shapes-large: {total} images in {elapsed:.1f}s ({elapsed / max(total, 1):.2f} s/image)")
-    return {"images": total, "seconds": elapsed, "images_per_s": total / max(elapsed, 1e-9), "root": out, "workers": workers}
+        print(f"shapes-large: {stats['images']} images in {stats['seconds']:.1f}s "
+              f"({stats['seconds'] / max(stats['images'], 1):.2f} s/image)")
+    return stats
 
 
 def ensure_large_shapes_dataset(cfg: LargeShapesConfig | None = None, root: str | os.PathLike | None = None) -> Path:

@@ -208,8 +208,8 @@ def encode_jpeg(image: np.ndarray) -> bytes:
 _WORKER_BANKS: dict = {}
 
 
-def _render_chunk(args) -> list[tuple[int, list]]:
-    """Render and write images [start, stop) of one split; returns their objects."""
+def _render_chunk(args) -> list[tuple[int, int, int, list]]:
+    """Render and write images [start, stop) of one split; returns (index, width, height, objects) for each."""
     cfg, split_index, start, stop, folder = args
     key = (cfg.size, cfg.seed)
     if key not in _WORKER_BANKS:
@@ -221,7 +221,7 @@ def _render_chunk(args) -> list[tuple[int, list]]:
     for i in range(start, stop):
         pixels, objects = render_image(i, split_index, cfg, banks)
         (Path(folder) / f"{split}_{i:05d}.jpg").write_bytes(encode_jpeg(pixels))
-        out.append((i, objects))
+        out.append((i, cfg.size, cfg.size, objects))
     return out
 
 
@@ -244,25 +244,34 @@ def write_shapes_dataset(out: str | os.PathLike, cfg: ShapesConfig = ShapesConfi
     ``workers`` processes share the work (default: up to 4, one per CPU); the output
     does not depend on it because every image is a function of (seed, split, index).
     """
+    stats = write_rendered(out, cfg, CLASS_NAMES, _render_chunk, lambda count, workers: max(25, count // (4 * workers) + 1),
+                           f"retinadet shapes v{SHAPES_VERSION}", workers)
+    if progress:
+        print(f"shapes: {stats['images']} images in {stats['seconds']:.1f}s ({stats['images_per_s']:.0f} images/s)")
+    return stats
+
+
+def write_rendered(out: str | os.PathLike, cfg, class_names, render_chunk, chunk, description: str,
+                   workers: int | None = None) -> dict:
+    """A synthetic dataset (train/val/test of ``cfg``'s sizes) rendered by ``render_chunk`` over (cfg, split index,
+    start, stop, folder) jobs of ``chunk(count, workers)`` images, in ``workers`` processes (default: up to 4, one
+    per CPU), then its COCO annotations. Returns timing stats."""
     out = Path(out)
     workers = workers if workers is not None else min(4, os.cpu_count() or 1)
-    categories = [{"id": i + 1, "name": n, "supercategory": "shapes"} for i, n in enumerate(CLASS_NAMES)]
+    categories = [{"id": i + 1, "name": n, "supercategory": "shapes"} for i, n in enumerate(class_names)]
     counts = {"train": cfg.num_train, "val": cfg.num_val, "test": cfg.num_test}
     t0 = time.perf_counter()
     jobs = []
     for split_index, (split, count) in enumerate(counts.items()):
         folder = out / SPLIT_DIRS[split]
         folder.mkdir(parents=True, exist_ok=True)
-        step = max(25, count // (4 * max(workers, 1)) + 1)
+        step = max(1, chunk(count, max(workers, 1)))
         jobs += [(cfg, split_index, a, min(a + step, count), str(folder)) for a in range(0, count, step)]
-    results = parallel_map(_render_chunk, jobs, workers)
     rendered: dict[int, list] = {}
-    for job, result in zip(jobs, results):
-        rendered.setdefault(job[1], []).extend((i, cfg.size, cfg.size, objects) for i, objects in result)
-    total = write_annotations(out, counts, rendered, categories, f"retinadet shapes v{SHAPES_VERSION}", cfg.__dict__)
+    for job, result in zip(jobs, parallel_map(render_chunk, jobs, workers)):
+        rendered.setdefault(job[1], []).extend(result)
+    total = write_annotations(out, counts, rendered, categories, description, cfg.__dict__)
     elapsed = time.perf_counter() - t0
-    if progress:
-        print(f"shapes: {total} images in {elapsed:.1f}s ({total / max(elapsed, 1e-9):.0f} images/s)")
     return {"images": total, "seconds": elapsed, "images_per_s": total / max(elapsed, 1e-9), "root": out, "workers": workers}
 
 

@@ -167,12 +167,7 @@ def predict(detector: Any, source: str | os.PathLike, *, conf: float | None = No
         bar.close()
     for v in drawn_videos.values():
         v.close()
-    result = writer.close()
-    for line in (writer.summary(), *([report.summary()] if report.sliced else []), f"results saved to {out}"):
-        log(line)
-    if result["images"] == 0 and result["skipped"]:
-        raise DataError(f"none of the {result['skipped']} input(s) could be read; see {out / 'skipped.txt'}")
-    return result
+    return writer.finish(log, [report.summary()] if report.sliced else [])
 
 
 def _recorded(writer: PredictionWriter, frame: Frame, detector: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

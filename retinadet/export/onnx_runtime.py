@@ -435,12 +435,7 @@ def predict_onnx(weights: Any, source: str | os.PathLike, *, conf: float | None 
         writer.flush()
         if bar is not None:
             bar.close()
-    result = writer.close()
-    for line in (writer.summary(), *([report.summary()] if report.sliced else []), f"results saved to {out}"):
-        log(line)
-    if result["images"] == 0 and result["skipped"]:
-        raise DataError(f"none of the {result['skipped']} input(s) could be read; see {out / 'skipped.txt'}")
-    return result
+    return writer.finish(log, [report.summary()] if report.sliced else [])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -121,6 +121,16 @@ class PredictionWriter:
         return {"save_dir": str(self.out), "images": images, "skipped": len(skipped), "counts": dict(counts),
                 "detections": len(records)}
 
+    def finish(self, log, notes: Sequence[str] = ()) -> dict:
+        """:meth:`close`, then the run's summary, ``notes`` and where it was saved to ``log``; raises when no input
+        could be read."""
+        result = self.close()
+        for line in (self.summary(), *notes, f"results saved to {self.out}"):
+            log(line)
+        if result["images"] == 0 and result["skipped"]:
+            raise DataError(f"none of the {result['skipped']} input(s) could be read; see {self.out / 'skipped.txt'}")
+        return result
+
     def summary(self) -> str:
         counts = Counter(d["class_name"] for e in self.entries for d in e.get("detections", ()))
         found = ", ".join(f"{n} {c}" for c, n in sorted(counts.items(), key=lambda kv: -kv[1])) or "no detections"
