@@ -12,6 +12,7 @@ from typing import Any
 from torch import Tensor
 
 from retinadet.data.images import ImageSource, to_image_tensor
+from retinadet.engine import distributed
 from retinadet.engine import evaluate as evaluate_mod
 from retinadet.engine import predict as predict_mod
 from retinadet.errors import ConfigError, DataError
@@ -105,7 +106,7 @@ class Detector:
             tensors, names = [], []
             for item in items[start:start + step]:
                 try:
-                    tensor, name = to_image_tensor(item)
+                    tensor, name = to_image_tensor(item, self.model.cfg.preprocess.window)
                 except DataError as exc:
                     if not (skip_errors and many):
                         raise
@@ -161,7 +162,8 @@ def load(spec: str | os.PathLike, class_names: Sequence[str] | str | None = None
 
 # What a predict run records in its args.json, to be resumed with the same options.
 _RESUMABLE = ("conf", "iou", "max_det", "batch", "imgsz", "amp", "save", "save_txt", "save_csv", "save_geojson", "strict", "tile",
-              "tile_overlap", "tile_merge", "tile_match", "tile_threshold", "full_image")
+              "window", "tile_overlap", "tile_merge", "tile_match", "tile_threshold", "full_image", "save_labelstudio", "save_cvat",
+              "level", "mpp", "tissue")
 
 
 def predict(weights: str | os.PathLike | Detector | None = None, source: str | os.PathLike | None = None, *,
@@ -183,10 +185,16 @@ def predict(weights: str | os.PathLike | Detector | None = None, source: str | o
     if isinstance(weights, (str, os.PathLike)) and os.fspath(weights).lower().endswith(".onnx"):
         return onnx_runtime.predict_onnx(weights, source, resume=resume, run_args=run_args, **options)
     predict_mod.list_sources(source)  # a bad source fails before the weights are loaded
-    det = weights if isinstance(weights, Detector) else load(weights)
-    if device is not None:
-        det.to(device)
-    return predict_mod.predict(det, source, resume=resume, run_args=run_args, **options)
+    # Under torchrun: a process group (gloo on CPU, NCCL with a GPU each), each process a share of the sources.
+    info, device = distributed.setup(device)
+    try:
+        det = weights if isinstance(weights, Detector) else load(weights)
+        if device is not None:
+            det.to(device)
+        return predict_mod.predict(det, source, resume=resume, run_args=run_args, dist_info=info, **options)
+    finally:
+        if info.enabled:
+            distributed.cleanup()
 
 
 def _resumed(run_dir, weights, source, options: dict) -> tuple[Any, Any, dict]:

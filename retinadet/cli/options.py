@@ -1,4 +1,4 @@
-"""Options that several commands share, declared once: sliced inference (predict, val, cam)."""
+"""Options that several commands share, declared once: sliced inference and windowing (predict, val, cam)."""
 
 from __future__ import annotations
 
@@ -33,3 +33,10 @@ def tiling_options(command):
 def tiling_kwargs(values: dict) -> dict:
     """The sliced-inference keywords out of a command's parsed options."""
     return {api: values[cli] for cli, api in TILING.items()}
+
+
+def window_option(command):
+    """``--window``: another rule than the model's for images of more than 8 bits (arrives as ``window``)."""
+    return click.option("--window", default=None, metavar="LOW,HIGH|pLOW,HIGH",
+                        help="How images of more than 8 bits (16-bit PNG/TIFF) become intensities: raw values LOW..HIGH, "
+                             "or per-image percentiles pLOW,HIGH. [default: the model's, recorded in training]")(command)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import click
 from click.core import ParameterSource
 
-from retinadet.cli.options import TILING, tiling_kwargs, tiling_options
+from retinadet.cli.options import TILING, tiling_kwargs, tiling_options, window_option
 
 # CLI names of the options a run records, and their keyword in the API.
 OPTIONS = {"conf": "conf", "iou": "iou", "max_det": "max_det", "batch": "batch", "imgsz": "imgsz",
            "save_txt": "save_txt", "save_csv": "save_csv", "save_geojson": "save_geojson", "nosave": "save",
-           "strict": "strict", **TILING}
+           "strict": "strict", "window": "window", "save_labelstudio": "save_labelstudio", "save_cvat": "save_cvat",
+           "level": "level", "mpp": "mpp", "tissue": "tissue", **TILING}
 
 
 @click.command("predict")
@@ -27,6 +28,10 @@ OPTIONS = {"conf": "conf", "iou": "iou", "max_det": "max_det", "batch": "batch",
 @click.option("--save-csv", is_flag=True, help="Also write predictions.csv.")
 @click.option("--save-geojson", is_flag=True,
               help="Also write geojson/<stem>.geojson per image: QuPath imports it (classes with their colours, score as a measurement).")
+@click.option("--save-labelstudio", is_flag=True,
+              help="Also write labelstudio/tasks.json: Label Studio pre-annotations (with the label_config.xml to set up the project).")
+@click.option("--save-cvat", is_flag=True,
+              help="Also write cvat/annotations.xml: CVAT for images 1.1 pre-annotations (source=auto boxes, score attribute).")
 @click.option("--nosave", is_flag=True, help="Do not write annotated images.")
 @click.option("--strict", is_flag=True, help="Stop at the first unreadable input instead of skipping it.")
 @click.option("--resume", default=None, type=click.Path(file_okay=False),
@@ -34,14 +39,26 @@ OPTIONS = {"conf": "conf", "iou": "iou", "max_det": "max_det", "batch": "batch",
 @click.option("--project", default="runs", show_default=True)
 @click.option("--name", default=None, help="Run name under PROJECT/predict. [default: exp]")
 @click.option("--exist-ok", is_flag=True)
+@click.option("--level", type=int, default=None,
+              help="Read slides (SVS, NDPI, MRXS, pyramidal TIFF) at this pyramid level (0: full resolution).")
+@click.option("--mpp", type=float, default=None,
+              help="Read slides at this resolution in microns per pixel (the level at or finer than it, resampled).")
+@click.option("--tissue/--no-tissue", default=True, show_default=True,
+              help="Skip the tiles of a slide that its thumbnail's tissue mask shows as glass.")
 @tiling_options
+@window_option
 @click.pass_context
 def command(ctx, weights, source, conf, iou, max_det, batch, imgsz, device, save_txt, save_csv, save_geojson, nosave, strict, resume,
-            project, name, exist_ok, **tiling) -> None:
+            project, name, exist_ok, window, save_labelstudio, save_cvat, level, mpp, tissue, **tiling) -> None:
     """Write annotated images and predictions.json (COCO results + file_name + class name, original pixels).
 
     An image much larger than the model's training inputs is sliced into tiles at the scale the model was
-    trained at (--tile auto), and the run says so; boxes come back in the image's pixels.
+    trained at (--tile auto), and the run says so; boxes come back in the image's pixels. Whole-slide images are
+    read region by region (--level/--mpp), their glass skipped; boxes in level-0 pixels (and µm in the CSV), and an
+    overview PNG (the thumbnail with its detections).
+
+    Under torchrun (`torchrun --nproc_per_node N -m retinadet predict ...`) each process takes a share of the
+    sources and the first writes the merged result; `--resume` continues a killed run, every source once.
 
     Unreadable inputs are skipped, named and listed in skipped.txt; the exit code is non-zero only when
     no input could be read. Detections also stream to predictions.jsonl, so `--resume RUN_DIR` finishes
@@ -55,7 +72,8 @@ def command(ctx, weights, source, conf, iou, max_det, batch, imgsz, device, save
 
     values = {"conf": conf, "iou": iou, "max_det": FROM_CONFIG if max_det is None else max_det, "batch": batch,
               "imgsz": imgsz, "save_txt": save_txt, "save_csv": save_csv, "save_geojson": save_geojson, "save": not nosave,
-              "strict": strict,
+              "strict": strict, "window": window, "level": level, "mpp": mpp, "tissue": tissue,
+              "save_labelstudio": save_labelstudio, "save_cvat": save_cvat,
               **tiling_kwargs(tiling)}
     if resume is not None:  # only what was given now: the rest comes from the run
         given = {api for cli, api in OPTIONS.items() if ctx.get_parameter_source(cli) == ParameterSource.COMMANDLINE}

@@ -30,6 +30,10 @@ def _tile(ctx, param, value: str | None) -> int | str | None:
                    "of small objects, for --tile). [default: shapes]")
 @click.option("--model", default=None, help="Model preset or backbone name. [default: fast, or the --weights model]")
 @click.option("--imgsz", type=int, default=None, help="Input size (short side and long-side cap).")
+@click.option("--window", default=None, metavar="LOW,HIGH|pLOW,HIGH",
+              help="How images of more than 8 bits (16-bit PNG/TIFF) become intensities: raw values LOW..HIGH (0,4095), "
+                   "or per-image percentiles (p0.5,99.5); recorded in the checkpoint. "
+                   "[default: p0.5,99.5 when the images have more than 8 bits]")
 @click.option("--epochs", type=int, default=None, help="Epochs. [default: 14]")
 @click.option("--batch", type=int, default=None, help="Batch size (per process). [default: 8]")
 @click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), default=None, help="[default: adamw]")

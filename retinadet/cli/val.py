@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from retinadet.cli.options import tiling_kwargs, tiling_options
+from retinadet.cli.options import tiling_kwargs, tiling_options, window_option
 
 
 @click.command("val")
@@ -31,8 +31,9 @@ from retinadet.cli.options import tiling_kwargs, tiling_options
 @click.option("--save-thresholds", is_flag=True, help="Store the operating point's thresholds in the checkpoint "
               "(predict and export use them).")
 @tiling_options
+@window_option
 def command(weights, data, split, batch, conf, iou, max_det, imgsz, matrix_conf, device, workers, project, name, exist_ok,
-            plots, froc_hit, operating_point, save_thresholds, **tiling) -> None:
+            plots, froc_hit, operating_point, save_thresholds, window, **tiling) -> None:
     """Evaluate WEIGHTS: 12 COCO stats, per-class AP, FROC, PR curves, confusion matrix, metrics.json, predictions."""
     # Imported here: `retinadet --help` loads every command module, and should not load torch.
     import torch
@@ -47,7 +48,7 @@ def command(weights, data, split, batch, conf, iou, max_det, imgsz, matrix_conf,
         load(weights).val(data, split, save_thresholds=save_thresholds, batch=batch, workers=workers, device=device,
                           conf=conf, iou=iou, max_det=FROM_CONFIG if max_det is None else max_det, imgsz=imgsz,
                           matrix_conf=matrix_conf, plots=plots, project=project, name=name, exist_ok=exist_ok,
-                          log=click.echo, progress=True, froc_hit=froc_hit, operating_point=operating_point,
+                          log=click.echo, progress=True, froc_hit=froc_hit, operating_point=operating_point, window=window,
                           **tiling_kwargs(tiling))
     except torch.OutOfMemoryError as exc:
         raise RetinadetError(f"out of memory during evaluation ({str(exc).splitlines()[0][:120]}); "

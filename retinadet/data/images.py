@@ -1,9 +1,11 @@
-"""Image decoding: any common file -> uint8 RGB tensor [3, H, W].
+"""Image decoding: any common file -> uint8 RGB tensor [3, H, W] (float32 in [0, 1] for more than 8 bits).
 
 torchvision's native decoders (libjpeg-turbo / libpng) are several times faster
 than PIL, so they are tried first; PIL is the fallback for what they can't do
-(TIFF, BMP, odd PNG/GIF variants, 16-bit modes). EXIF orientation is applied so
-that boxes drawn in a viewer match the pixels we train on.
+(BMP, odd PNG/GIF variants, 16-bit gray). TIFFs of more than 8 bits or of several
+channels go through tifffile. EXIF orientation is applied so that boxes drawn in a
+viewer match the pixels we train on. Images of more than 8 bits are windowed
+(:mod:`retinadet.utils.window`), never cut to 8 bits.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from PIL import Image, ImageOps
 from torchvision.io import ImageReadMode, decode_image
 
 from retinadet.errors import DataError
+from retinadet.utils.window import Window, apply_window, is_high_bit_depth, parse_window, require_window
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
@@ -30,10 +33,8 @@ def is_image_file(path: str | os.PathLike) -> bool:
 
 
 def _to_uint8_rgb(tensor: torch.Tensor) -> torch.Tensor:
-    """Normalise decoder output (uint8/uint16, 1/2/3/4 channels) to uint8 [3, H, W]."""
-    if tensor.dtype == torch.uint16:
-        tensor = (tensor.to(torch.int32) >> 8).to(torch.uint8)
-    elif tensor.dtype != torch.uint8:
+    """Normalise 8-bit decoder output (1/2/3/4 channels) to uint8 [3, H, W]."""
+    if tensor.dtype != torch.uint8:
         raise TypeError(f"unexpected decoded dtype {tensor.dtype}")
     channels = tensor.shape[0]
     if channels == 1 or channels == 2:  # gray or gray+alpha
@@ -45,42 +46,95 @@ def _to_uint8_rgb(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def _decode_with_pil(path: Path) -> torch.Tensor:
+def samples_to_tensor(samples: np.ndarray, path: str, window: Window | str | None, limits=None) -> torch.Tensor:
+    """Decoded samples (HxW or HxWxC, any dtype) -> uint8 [3, H, W] for 8-bit ones, else float32 [3, H, W] in
+    [0, 1] through the windowing rule (an 8-bit model given more bits is refused, naming the file).
+
+    Channels: 1 is gray (repeated), 2 are two stains or fluorophores (the third channel left at zero) unless
+    8-bit gray+alpha, 3 are RGB, 4 are RGBA (alpha dropped); more are refused."""
+    if samples.ndim == 2:
+        samples = samples[..., None]
+    if samples.ndim != 3 or samples.shape[0] == 0 or samples.shape[1] == 0:
+        raise DataError(f"{path}: decoded to an unexpected shape {samples.shape}")
+    channels = samples.shape[2]
+    if channels > 4:
+        raise DataError(f"{path}: {channels} channels; images of 1 (gray), 2, 3 (RGB) or 4 (RGBA) channels are read")
+    if not is_high_bit_depth(samples):
+        return _to_uint8_rgb(torch.from_numpy(np.ascontiguousarray(samples)).permute(2, 0, 1))
+    rule = require_window(parse_window(window), path, samples.dtype, float(np.nanmax(samples[::8, ::8])))
+    values = apply_window(samples[..., :3], rule, limits)
+    if values.shape[2] == 1:
+        values = np.repeat(values, 3, axis=2)
+    elif values.shape[2] == 2:
+        values = np.concatenate([values, np.zeros_like(values[..., :1])], axis=2)
+    return torch.from_numpy(np.ascontiguousarray(values.transpose(2, 0, 1)))
+
+
+def _tiff_samples(path: Path) -> np.ndarray | None:
+    """A TIFF's first image as HxWxC samples of its own dtype, through tifffile (Pillow reads 16-bit RGB TIFFs as
+    8-bit, and multi-channel ones not at all); None when tifffile is absent or the file is a plain 8-bit one."""
+    try:
+        import tifffile
+    except ImportError:
+        return None
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            axes, dtype = series.axes, series.dtype
+            if dtype == np.uint8 and axes in ("YX", "YXS"):
+                return None  # Pillow reads it (and applies its orientation tag)
+            data = series.asarray(level=0) if series.levels else series.asarray()
+    except Exception as exc:  # noqa: BLE001 - tifffile raises many kinds for a bad file
+        raise DataError(f"{path}: unreadable TIFF ({str(exc) or type(exc).__name__})") from exc
+    return tiff_to_hwc(data, axes, path)
+
+
+def tiff_to_hwc(data: np.ndarray, axes: str, path: str | os.PathLike) -> np.ndarray:
+    """tifffile's array with its axes string -> HxWxC (a channel axis C/S/Q moved last; one leading plane taken)."""
+    axes = axes.upper()
+    for name in ("T", "Z"):  # time points or focal planes: the first is read
+        if name in axes and len(axes) > 2:
+            data = np.take(data, 0, axis=axes.index(name))
+            axes = axes.replace(name, "")
+    if axes == "YX":
+        return data[..., None]
+    if axes == "YXS":
+        return data
+    if len(axes) == 3 and axes.endswith("YX") and axes[0] in "CSQI":
+        return np.moveaxis(data, 0, -1)
+    raise DataError(f"{path}: TIFF axes {axes} {tuple(data.shape)}: expected gray, RGB or channels x height x width")
+
+
+def _decode_with_pil(path: Path, window) -> torch.Tensor:
     with Image.open(path) as img:
         img = ImageOps.exif_transpose(img)
         img.load()  # raises on truncated data (Image.LOAD_TRUNCATED_IMAGES is False by default)
         mode = img.mode
-        if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-            arr = np.asarray(img).astype(np.float64)
-            if mode == "I" and arr.max(initial=0) > 65535:
-                # 32-bit integer: stretch the observed range rather than guess a bit depth.
-                lo, hi = arr.min(initial=0), arr.max(initial=0)
-                arr = (arr - lo) * (255.0 / max(hi - lo, 1.0))
-            else:
-                arr = arr / 257.0  # 16-bit -> 8-bit (65535 -> 255)
-            arr = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
-            arr = np.repeat(arr[..., None], 3, axis=2)
-        elif mode == "F":
-            arr = np.asarray(img, dtype=np.float64)
-            lo, hi = np.nanmin(arr), np.nanmax(arr)
-            arr = np.nan_to_num((arr - lo) * (255.0 / max(hi - lo, 1e-12)))
-            arr = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
-            arr = np.repeat(arr[..., None], 3, axis=2)
+        if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+            arr = np.asarray(img).astype(np.uint16)
+        elif mode in ("I", "F"):
+            arr = np.asarray(img)
         else:
             arr = np.asarray(img.convert("RGB"))
-    return torch.from_numpy(np.array(arr, copy=True)).permute(2, 0, 1).contiguous()
+        return samples_to_tensor(np.array(arr, copy=True), str(path), window)
 
 
-def read_image(path: str | os.PathLike) -> torch.Tensor:
-    """Read an image file as a uint8 RGB tensor of shape [3, H, W].
+def read_image(path: str | os.PathLike, window: Window | str | None = None) -> torch.Tensor:
+    """Read an image file as a uint8 RGB tensor [3, H, W], or, for an image of more than 8 bits, as float32
+    [3, H, W] in [0, 1] by the windowing rule ``window`` (:mod:`retinadet.utils.window`; the model's
+    ``preprocess.window``), so a 16-bit image keeps its precision instead of being cut to 8 bits.
 
-    Handles grayscale, RGBA, palette and 16-bit images (scaled to 8-bit), applies
-    EXIF orientation, and raises :class:`DataError` naming the file when it is
-    missing, unreadable or truncated.
+    Handles grayscale, RGBA, palette, 16/32-bit and multi-channel (TIFF) images, applies EXIF orientation, and
+    raises :class:`DataError` naming the file when it is missing, unreadable or truncated, or when it has more
+    than 8 bits and there is no window (an 8-bit model).
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: image file not found")
+    if path.suffix.lower() in (".tif", ".tiff"):
+        samples = _tiff_samples(path)
+        if samples is not None:
+            return samples_to_tensor(samples, str(path), window)
     try:
         # Read straight into the buffer the decoder takes: a bytes object and its bytearray copy would hold a large
         # file's bytes twice while it decodes (600 MB for a 300 MB slide scan).
@@ -93,11 +147,12 @@ def read_image(path: str | os.PathLike) -> torch.Tensor:
         raise DataError(f"{path}: image file is empty")
 
     if path.suffix.lower() in _NATIVE_EXTENSIONS and not _looks_truncated(data):
+        decoded = None
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 raw = torch.frombuffer(data, dtype=torch.uint8)
-                # 16-bit PNGs come back as uint16 and are scaled down in _to_uint8_rgb.
+                # RGB mode expands palettes and gray; a 16-bit PNG stays uint16 (gray repeated, alpha dropped).
                 decoded = decode_image(raw, mode=ImageReadMode.RGB, apply_exif_orientation=True)
             # libjpeg reports corrupt data as a warning; treat that as a failure (the
             # torchvision deprecation notice about TorchCodec is not about the file).
@@ -105,21 +160,41 @@ def read_image(path: str | os.PathLike) -> torch.Tensor:
             if problems:
                 raise RuntimeError(problems[0])
             del raw, data  # the encoded bytes, before the decoded image is kept
-            if decoded.dtype == torch.uint8 and decoded.shape[0] in (1, 3, 4):
-                return _to_uint8_rgb(decoded)
-            if decoded.dtype == torch.uint16:
-                return _to_uint8_rgb(decoded)
         except Exception:  # noqa: BLE001 - any native decoder failure falls back to PIL
-            pass
+            decoded = None
+        if decoded is not None and decoded.dtype == torch.uint8 and decoded.shape[0] in (1, 3, 4):
+            return _to_uint8_rgb(decoded)
+        if decoded is not None and decoded.dtype == torch.uint16:  # 16-bit PNG: windowed, not cut to 8 bits
+            return samples_to_tensor(decoded.permute(1, 2, 0).numpy(), str(path), window)
 
     try:
-        image = _decode_with_pil(path)
+        image = _decode_with_pil(path, window)
+    except DataError:
+        raise
     except Exception as exc:  # noqa: BLE001
         reason = str(exc) or type(exc).__name__
         raise DataError(f"{path}: unreadable or truncated image ({reason})") from exc
     if image.ndim != 3 or image.shape[0] != 3 or image.shape[1] == 0 or image.shape[2] == 0:
         raise DataError(f"{path}: decoded to an unexpected shape {tuple(image.shape)}")
     return image
+
+
+def image_bit_depth(path: str | os.PathLike) -> int:
+    """Bits per sample from the file header (8 for ordinary images; 16, 32 for what needs a window)."""
+    path = Path(path)
+    if path.suffix.lower() in (".tif", ".tiff"):
+        try:
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                return int(np.dtype(tif.series[0].dtype).itemsize * 8)
+        except Exception:  # noqa: BLE001 - not for tifffile: Pillow's header below
+            pass
+    try:
+        with Image.open(path) as img:
+            return {"I;16": 16, "I;16B": 16, "I;16L": 16, "I;16N": 16, "I": 32, "F": 32}.get(img.mode, 8)
+    except Exception as exc:  # noqa: BLE001
+        raise DataError(f"{path}: unreadable image ({exc})") from exc
 
 
 def _looks_truncated(data: bytes | bytearray) -> bool:
@@ -170,13 +245,16 @@ def decode_memory_note(path: str | os.PathLike, threshold: int = 512 * 2**20) ->
 ImageSource = str | os.PathLike | np.ndarray | torch.Tensor | Image.Image
 
 
-def to_image_tensor(source: ImageSource) -> tuple[torch.Tensor, str | None]:
-    """Any supported image -> (uint8 or [0, 1] float tensor [3, H, W], source name)."""
+def to_image_tensor(source: ImageSource, window: Window | str | None = None) -> tuple[torch.Tensor, str | None]:
+    """Any supported image -> (uint8 or [0, 1] float tensor [3, H, W], source name). Integer arrays and tensors of
+    more than 8 bits (uint16, int32) are windowed by ``window`` as files are."""
     if isinstance(source, (str, os.PathLike)):
-        return read_image(source), str(source)
+        return read_image(source, window), str(source)
     if isinstance(source, torch.Tensor):
         if source.dim() != 3 or source.shape[0] not in (1, 3):
             raise DataError(f"image tensor must be [3, H, W] (or [1, H, W]), got shape {tuple(source.shape)}")
+        if not source.is_floating_point() and source.dtype != torch.uint8:
+            return samples_to_tensor(source.cpu().permute(1, 2, 0).numpy(), "image tensor", window), None
         if source.shape[0] == 1:
             source = source.expand(3, -1, -1)
         if source.is_floating_point() and source.numel() and float(source.max()) > 1.0 + 1e-3:
@@ -185,10 +263,12 @@ def to_image_tensor(source: ImageSource) -> tuple[torch.Tensor, str | None]:
     if isinstance(source, np.ndarray):
         arr = source
         if arr.ndim == 2:
-            arr = np.repeat(arr[..., None], 3, axis=2)
-        if arr.ndim != 3 or arr.shape[2] not in (3, 4):
-            raise DataError(f"numpy images must be HxW, HxWx3 or HxWx4, got shape {arr.shape}")
-        arr = np.ascontiguousarray(arr[..., :3])
+            arr = arr[..., None]
+        if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
+            raise DataError(f"numpy images must be HxW, HxWx3 or HxWx4, got shape {source.shape}")
+        if np.issubdtype(arr.dtype, np.integer) and arr.dtype != np.uint8:
+            return samples_to_tensor(arr, "numpy image", window), None
+        arr = np.ascontiguousarray(np.repeat(arr, 3, axis=2) if arr.shape[2] == 1 else arr[..., :3])
         tensor = torch.from_numpy(arr).permute(2, 0, 1)
         if tensor.dtype != torch.uint8:
             tensor = tensor.float()
@@ -196,5 +276,7 @@ def to_image_tensor(source: ImageSource) -> tuple[torch.Tensor, str | None]:
                 raise DataError("float numpy images must be in [0, 1]; pass uint8 for 0..255 values")
         return tensor, None
     if isinstance(source, Image.Image):
+        if source.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+            return to_image_tensor(np.asarray(source), window)
         return to_image_tensor(np.array(source.convert("RGB")))
     raise DataError(f"unsupported image type {type(source).__name__}: pass a path, PIL image, numpy array or tensor")

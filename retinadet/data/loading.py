@@ -19,6 +19,7 @@ import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -57,11 +58,13 @@ class DetectionDataset(Dataset):
     warned about and counted; with ``strict=True`` it raises :class:`DataError`.
     """
 
-    def __init__(self, data: DatasetRecords, transform: DetectionTransform | None = None, strict: bool = False):
+    def __init__(self, data: DatasetRecords, transform: DetectionTransform | None = None, strict: bool = False,
+                 window: str | None = None):
         self.data = data
         self.records = data.records
         self.transform = transform
         self.strict = strict
+        self.window = window  # the model's rule for images of more than 8 bits (preprocess.window)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -79,7 +82,7 @@ class DetectionDataset(Dataset):
         return [r.width / r.height if r.width > 0 and r.height > 0 else 1.0 for r in self.records]
 
     def __getitem__(self, index: int):
-        image, record, skipped = read_readable(self.records, index, read_image, self.strict)
+        image, record, skipped = read_readable(self.records, index, partial(read_image, window=self.window), self.strict)
 
         orig_h, orig_w = int(image.shape[-2]), int(image.shape[-1])
         boxes = torch.from_numpy(record.boxes.copy())
@@ -117,7 +120,9 @@ def collate_detection(samples: Sequence[tuple[torch.Tensor, dict]], size_divisib
     H, W = int(math.ceil(H / d) * d), int(math.ceil(W / d) * d)
     B = len(samples)
     M = max(1, max(int(t["boxes"].shape[0]) for _, t in samples))
-    images = torch.zeros((B, 3, H, W), dtype=torch.uint8)
+    # Windowed images of more than 8 bits are float in [0, 1]: a batch holding one is float, the 8-bit ones scaled.
+    floating = any(img.is_floating_point() for img, _ in samples)
+    images = torch.zeros((B, 3, H, W), dtype=torch.float32 if floating else torch.uint8)
     boxes = torch.zeros((B, M, 4), dtype=torch.float32)
     labels = torch.full((B, M), -1, dtype=torch.int64)
     crowd = torch.zeros((B, M), dtype=torch.bool)
@@ -125,7 +130,7 @@ def collate_detection(samples: Sequence[tuple[torch.Tensor, dict]], size_divisib
     skipped: list[str] = []
     for i, (img, t) in enumerate(samples):
         h, w = img.shape[-2:]
-        images[i, :, :h, :w] = img
+        images[i, :, :h, :w] = img / 255.0 if floating and img.dtype == torch.uint8 else img
         n = t["boxes"].shape[0]
         boxes[i, :n] = t["boxes"]
         labels[i, :n] = t["labels"]
@@ -315,7 +320,7 @@ def build_loader(
     if not train and not isinstance(augment, TransformConfig):
         augment = "none"
     transform = build_transform(augment, pre, **transform_overrides)
-    dataset = DetectionDataset(data, transform, strict=strict)
+    dataset = DetectionDataset(data, transform, strict=strict, window=getattr(pre, "window", None))
     shuffle = train if shuffle is None else shuffle
     drop_last = False if drop_last is None else drop_last
     generator = torch.Generator().manual_seed(seed)

@@ -182,9 +182,9 @@ class TileDataset(Dataset):
     image gives the tile, warned about and counted; ``strict`` raises)."""
 
     def __init__(self, data: DatasetRecords, transform: DetectionTransform | None, sampling: TileSampling,
-                 strict: bool = False):
+                 strict: bool = False, window: str | None = None):
         self.data, self.records, self.transform = data, data.records, transform
-        self.sampling, self.strict = sampling, strict
+        self.sampling, self.strict, self.window = sampling, strict, window
         self.samples: list[TileSample] = []
         self._cache: OrderedDict[str, torch.Tensor | DataError] = OrderedDict()
 
@@ -212,7 +212,7 @@ class TileDataset(Dataset):
         cached = self._cache.get(path)
         if cached is None:
             try:
-                cached = read_image(path)
+                cached = read_image(path, self.window)
             except DataError as exc:
                 cached = exc  # a broken file's tiles are skipped without reading it again for each
             self._cache[path] = cached

@@ -177,7 +177,8 @@ class DetectionTransform:
                 x = op(x, float(torch.empty(()).uniform_(0.5, 1.5)))
         if r[4] < 0.5:
             x = (x * torch.empty(3, 1, 1).uniform_(0.9, 1.1)).clamp_(0, 1)
-        return tv_tensors.wrap(F.to_dtype(x, torch.uint8, scale=True), like=image)
+        # Back to the input's dtype: uint8 stays uint8, a windowed image of more than 8 bits stays float.
+        return tv_tensors.wrap(F.to_dtype(x, image.dtype, scale=True), like=image)
 
     @staticmethod
     def _rot90(sample: dict, k: int) -> dict:

@@ -10,7 +10,8 @@ from typing import Any
 
 import yaml
 
-from retinadet.errors import ConfigError
+from retinadet.errors import ConfigError, DataError
+from retinadet.utils.window import parse_window
 
 FREEZE_DEPRECATED = ("warning: --freeze is deprecated, use --trainable-layers (trainable_layers in Python and YAML); "
                      "it takes the same values")
@@ -21,6 +22,8 @@ class TrainConfig:
     data: str = "shapes"
     model: str | None = None  # preset or backbone; default "fast" (or the --weights model)
     imgsz: int | None = None
+    # The windowing rule of images of more than 8 bits (retinadet.utils.window); None: chosen from the data.
+    window: str | None = None
     # The defaults are the measured CPU recipe of `retinadet train` (fast preset, shapes data).
     epochs: int = 14
     batch: int = 8
@@ -92,6 +95,12 @@ class TrainConfig:
             raise ConfigError(f"--batch must be >= 1, got {self.batch}")
         if self.imgsz is not None and self.imgsz < 32:
             raise ConfigError(f"--imgsz must be >= 32, got {self.imgsz}")
+        if self.window is not None:
+            try:
+                rule = parse_window(self.window)
+            except DataError as exc:
+                raise ConfigError(str(exc)) from exc
+            self.window = rule.spec if rule is not None else None
         if self.trainable_layers is not None and not 0 <= self.trainable_layers <= 5:
             raise ConfigError(f"--trainable-layers (backbone stages trained) must be in 0..5, got {self.trainable_layers}")
         if self.amp not in (False, True, "bf16", "fp16"):

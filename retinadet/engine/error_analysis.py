@@ -186,7 +186,8 @@ def format_errors(e: dict) -> str:
     return "\n".join(lines)
 
 
-def draw_worst(data: DatasetRecords, detections: dict[int, Detections], errors: dict, path, class_names) -> Path | None:
+def draw_worst(data: DatasetRecords, detections: dict[int, Detections], errors: dict, path, class_names,
+               window: str | None = None) -> Path | None:
     """The gallery: the images with the most missed boxes, then those with the most confident false positives
     (labels beside predictions scored ``errors['conf']`` or more). An image that cannot be read is left out."""
     by_id = {int(r.image_id): r for r in data.records}
@@ -200,7 +201,7 @@ def draw_worst(data: DatasetRecords, detections: dict[int, Detections], errors: 
         seen.add(worst["image_id"])
         r = by_id[worst["image_id"]]
         try:
-            image = read_image(r.path)
+            image = read_image(r.path, window)
         except DataError:
             continue
         d = detections.get(int(r.image_id)) or Detections.empty((r.height, r.width), class_names)

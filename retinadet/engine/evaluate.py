@@ -266,7 +266,8 @@ def run_sliced_inference(model, data: DatasetRecords, preprocess: PreprocessConf
         images, kept = [], []
         for r in records[start:start + step]:
             try:
-                images.append(open_regions(r.path) or read_image(r.path))  # a large tiled TIFF is read by region
+                # A large tiled TIFF is read by region.
+                images.append(open_regions(r.path, window=preprocess.window) or read_image(r.path, preprocess.window))
                 kept.append(r)
             except DataError:
                 skipped.append(str(r.path))
@@ -360,7 +361,7 @@ def evaluate_detector(detector, data: str | os.PathLike | None = None, split: st
                       save_dir: str | os.PathLike | None = None, plots: bool = True,
                       project: str = "runs", name: str | None = None, exist_ok: bool = False,
                       log=print, progress: bool = False, froc_hit: str = "iou:0.5",
-                      operating_point: str | None = None) -> dict[str, Any]:
+                      operating_point: str | None = None, window: str | None = None) -> dict[str, Any]:
     """``Detector.val``: COCO metrics, FROC and operating points of a loaded detector on a dataset split.
 
     Without ``data`` the dataset (and val split, carved or not) recorded in the checkpoint is
@@ -374,7 +375,7 @@ def evaluate_detector(detector, data: str | os.PathLike | None = None, split: st
     """
     rule = HitRule.parse(froc_hit)  # bad options fail before any inference
     point = OperatingPoint.parse(operating_point) if operating_point else None
-    pre = detector.model.cfg.preprocess.at_size(imgsz)
+    pre = detector.model.cfg.preprocess.at_size(imgsz).with_window(window)
     tiling = tile_options(tile, tile_overlap, tile_merge, tile_match, tile_threshold, full_image)
     ck = detector.checkpoint or {}
     if data is None:
@@ -402,7 +403,7 @@ def evaluate_detector(detector, data: str | os.PathLike | None = None, split: st
     files = write_eval_outputs(result, records, out, matrix_conf, plots)
     if plots:
         files["gallery"] = draw_worst(records, result.detections, result.extra["errors"], out / "errors_gallery.png",
-                                      records.class_names)
+                                      records.class_names, pre.window)
         counts = records.boxes_per_class()
         files["report"] = write_report(
             out, result.metrics(), [(k, label, result.stats[k]) for k, label in zip(STAT_NAMES, stat_labels(result.max_dets))],

@@ -75,8 +75,8 @@ def _pipeline(data: DatasetRecords, augment: str, preprocess: Any,
     transform = build_transform(augment, preprocess)
     pad = (preprocess.size_divisible or 32, preprocess.fixed_size)
     if tiles is not None:
-        return TileDataset(data, transform, tiles), TileCollate(*pad)
-    return DetectionDataset(data, transform), DetectionCollate(*pad)
+        return TileDataset(data, transform, tiles, window=preprocess.window), TileCollate(*pad)
+    return DetectionDataset(data, transform, window=preprocess.window), DetectionCollate(*pad)
 
 
 class TrainLoader:

@@ -145,9 +145,12 @@ def plot_confusion(matrix: np.ndarray, class_names: Sequence[str], path: str | o
 
 def draw_boxes(image: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str],
                scores: torch.Tensor | None = None, width: int = 2) -> torch.Tensor:
-    """uint8 [3, H, W] with each box in its class colour, labelled with the class (and score)."""
+    """uint8 [3, H, W] with each box in its class colour, labelled with the class (and score). A windowed image of
+    more than 8 bits (float in [0, 1]) is drawn as the network saw it, in 8 bits."""
     from torchvision.utils import draw_bounding_boxes
 
+    if image.is_floating_point():
+        image = (image * 255.0).round_().clamp_(0, 255).to(torch.uint8)
     if boxes.numel() == 0:
         return image
     colors = class_colors(len(class_names))

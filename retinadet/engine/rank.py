@@ -136,7 +136,7 @@ def rank_images(detector, source: str | os.PathLike | Sequence[str], budget: int
         images, names = [], []
         for p in paths[start:start + step]:
             try:
-                images.append(read_image(p))
+                images.append(read_image(p, detector.model.cfg.preprocess.window))
                 names.append(p)
             except DataError as exc:
                 log(f"skipped {exc}")

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from retinadet.data.images import image_bit_depth
 from retinadet.data.records import DatasetRecords
 from retinadet.data.tiles import TileSampling, describe_tiles, tile_size
 from retinadet.data.transforms import transform_config
@@ -27,13 +28,14 @@ from retinadet.engine.schedule import build_scheduler
 from retinadet.engine.train_scale import describe_scale, sliced_validation, training_scale
 from retinadet.engine.train_state import ModelEMA, TrainState, find_last
 from retinadet.engine.trainer import HookBase, Trainer
-from retinadet.errors import ConfigError, RetinadetError
+from retinadet.errors import ConfigError, DataError, RetinadetError
 from retinadet.model import ModelConfig, RetinaNet, resolve_model_config
 from retinadet.model.backbones import torchvision_classification_models
 from retinadet.model.presets import PRESETS, get_preset
 from retinadet.utils.device import resolve_device
 from retinadet.utils.files import RunLog, atomic_write_text, increment_run_dir, write_yaml
 from retinadet.utils.tiling import TileOptions, TrainingScale
+from retinadet.utils.window import DEFAULT_WINDOW, parse_window
 from retinadet.weights import load_checkpoint, load_for_finetune, resolve_weights
 
 __all__ = ["train", "TrainResult", "TrainingStopped", "RESULT_COLUMNS", "build_optimizer", "param_groups", "seed_everything",
@@ -90,9 +92,12 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     return torch.optim.AdamW(groups, lr=cfg.base_lr, fused=fused or None)
 
 
-def _model_config(cfg: TrainConfig, num_classes: int, finetune_ckpt: dict | None) -> tuple[ModelConfig, list[str]]:
-    """The model config of a run, and notes on what was adapted for training from scratch."""
+def _model_config(cfg: TrainConfig, num_classes: int, finetune_ckpt: dict | None,
+                  train_data: DatasetRecords | None = None) -> tuple[ModelConfig, list[str]]:
+    """The model config of a run, and notes on what was adapted for training from scratch or to the data."""
     overrides: dict[str, Any] = dict(cfg.model_overrides or {})
+    if cfg.window is not None:
+        overrides["preprocess.window"] = cfg.window
     if cfg.trainable_layers is not None:
         overrides["backbone.trainable_layers"] = int(cfg.trainable_layers)
     if cfg.model is None and finetune_ckpt is not None:
@@ -121,8 +126,26 @@ def _model_config(cfg: TrainConfig, num_classes: int, finetune_ckpt: dict | None
             notes.append("backbone has no pretrained weights, so it trains from scratch: "
                          + ", ".join(f"{k}={v}" for k, v in scratch.items())
                          + " (pass --trainable-layers or --set backbone.norm=... to keep the preset's)")
+    if mcfg.preprocess.window is None and train_data is not None and (bits := sampled_bit_depth(train_data)) > 8:
+        preset = mcfg.preset
+        mcfg = mcfg.replace({"preprocess.window": DEFAULT_WINDOW})
+        mcfg.preset = preset
+        notes.append(f"{bits}-bit images: {parse_window(DEFAULT_WINDOW).describe()} (the checkpoint records this rule; "
+                     "--window LOW,HIGH for a fixed range)")
     mcfg.preset = mcfg.preset or cfg.model
     return mcfg.validate(), notes
+
+
+def sampled_bit_depth(data: DatasetRecords, samples: int = 16) -> int:
+    """The most bits a sample among the first images of ``data`` (headers only; unreadable ones are the loader's
+    to report)."""
+    bits = 8
+    for r in data.records[:samples]:
+        try:
+            bits = max(bits, image_bit_depth(r.path))
+        except DataError:
+            continue
+    return bits
 
 
 def check_model_spec(spec: str | None) -> None:
@@ -189,7 +212,7 @@ def _build(cfg: TrainConfig, dist: D.DistInfo, device: torch.device, resume: _Re
     check_model_spec(cfg.model)
     finetune = resolve_weights(cfg.weights) if cfg.weights and resume is None else None
     save_dir, log = _run_folder(cfg, dist, resume, train_data, val_data, data_info)
-    model = _build_model(cfg, len(train_data.class_names), finetune, device, dist, log)
+    model = _build_model(cfg, len(train_data.class_names), finetune, device, dist, log, train_data)
     mcfg = model.cfg
     loader, small = _train_loader(cfg, mcfg.preprocess, train_data, dist, device)
     total_iters = cfg.epochs * len(loader)
@@ -264,8 +287,8 @@ def _train_loader(cfg: TrainConfig, preprocess: Any, train_data: DatasetRecords,
 
 
 def _build_model(cfg: TrainConfig, num_classes: int, finetune: dict | None, device: torch.device, dist: D.DistInfo,
-                 log: RunLog) -> RetinaNet:
-    mcfg, notes = _model_config(cfg, num_classes, finetune)
+                 log: RunLog, train_data: DatasetRecords | None = None) -> RetinaNet:
+    mcfg, notes = _model_config(cfg, num_classes, finetune, train_data)
     for note in notes:
         log(note)
     model = RetinaNet(mcfg).to(device)

@@ -110,8 +110,8 @@ def explain(
     ``predict``: a sliced image's detections are explained on the tile that found each.
     """
     check_options(method, layer, target, norm_stats)
-    tensor, name = to_image_tensor(image)
     model = detector.model
+    tensor, name = to_image_tensor(image, model.cfg.preprocess.window)
     pre = model.cfg.preprocess.at_size(imgsz)
     scale = getattr(detector, "scale", None)
     tiling = tile_options(tile, tile_overlap, tile_merge, tile_match, tile_threshold, full_image)

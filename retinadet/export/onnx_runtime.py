@@ -43,6 +43,7 @@ from retinadet.utils.tiling import (
     plan_regions,
     tile_options,
 )
+from retinadet.utils.window import apply_window, parse_window, require_window
 
 META_PREFIX = "retinadet."
 
@@ -122,6 +123,44 @@ def _resize_axis(image: np.ndarray, out_size: int, axis: int) -> np.ndarray:
     return np.clip(acc >> precision, 0, 255).astype(np.uint8)
 
 
+def _resize_axis_float(image: np.ndarray, out_size: int, axis: int) -> np.ndarray:
+    """The same pass over a float32 image (a windowed one of more than 8 bits), in float as torch's float resize."""
+    index, weights, precision = _aa_weights(image.shape[axis], out_size)
+    scale = out_size / image.shape[axis]
+    exact = _aa_float_weights(image.shape[axis], out_size) if scale != 1 else weights / float(1 << precision)
+    shape = [1, 1, 1]
+    shape[axis] = out_size
+    acc = np.zeros(1, dtype=np.float32)
+    for k in range(index.shape[1]):
+        acc = acc + np.take(image, index[:, k], axis=axis) * exact[:, k].reshape(shape).astype(np.float32)
+    return acc.astype(np.float32)
+
+
+def _aa_float_weights(in_size: int, out_size: int) -> np.ndarray:
+    """The antialiased bilinear kernel's weights before torch rounds them for uint8 images."""
+    scale = in_size / out_size
+    support = scale if scale >= 1.0 else 1.0
+    invscale = 1.0 / scale if scale >= 1.0 else 1.0
+    center = scale * (np.arange(out_size) + 0.5)
+    xmin = np.maximum(np.trunc(center - support + 0.5).astype(np.int64), 0)
+    xsize = np.minimum(np.trunc(center + support + 0.5).astype(np.int64), in_size) - xmin
+    k = np.arange(int(xsize.max()))
+    x = np.abs((k[None, :] + xmin[:, None] - center[:, None] + 0.5) * invscale)
+    w = np.where((k[None, :] < xsize[:, None]) & (x < 1.0), 1.0 - x, 0.0)
+    return w / w.sum(axis=1, keepdims=True)
+
+
+def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """uint8 (bit-exact, :func:`resize_uint8`) or float32 HxWxC resized as torch resizes it."""
+    if image.dtype == np.uint8:
+        return resize_uint8(image, height, width)
+    if image.shape[1] != width:
+        image = _resize_axis_float(image, width, 1)
+    if image.shape[0] != height:
+        image = _resize_axis_float(image, height, 0)
+    return image
+
+
 def resize_uint8(image: np.ndarray, height: int, width: int) -> np.ndarray:
     """uint8 HxWxC resized with antialiased bilinear, bit-exact with torch's (and so with the training
     loader's and ``retinadet predict``'s) uint8 resize: the horizontal pass first, then the vertical."""
@@ -133,19 +172,25 @@ def resize_uint8(image: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def preprocess(images: Sequence[np.ndarray], pre: dict, input_dtype: str = "float32") -> tuple[np.ndarray, np.ndarray]:
-    """uint8 HxWx3 images -> (padded batch [B, 3, H, W], resized sizes [B, 2] int64)."""
+    """uint8 HxWx3 images (or float32 in [0, 1]: windowed ones of more than 8 bits) -> (padded batch [B, 3, H, W],
+    resized sizes [B, 2] int64)."""
     resized = []
+    floating = any(img.dtype == np.float32 for img in images)
+    if floating and input_dtype != "float32":
+        raise DataError("an image of more than 8 bits needs a model exported with float32 input (this one takes uint8): "
+                        "export it again with the default input type")
     for img in images:
-        if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
-            raise DataError(f"images must be HxWx3 uint8 RGB arrays, got shape {img.shape} {img.dtype}")
+        if img.ndim != 3 or img.shape[2] != 3 or img.dtype not in (np.uint8, np.float32):
+            raise DataError(f"images must be HxWx3 uint8 (or [0, 1] float32) RGB arrays, got shape {img.shape} {img.dtype}")
         h, w = resized_size(img.shape[0], img.shape[1], pre)
-        resized.append(resize_uint8(img, h, w).transpose(2, 0, 1))
+        r = resize_image(img, h, w).transpose(2, 0, 1)
+        resized.append(r.astype(np.float32) / np.float32(255.0) if floating and r.dtype == np.uint8 else r)
     sizes = [r.shape[-2:] for r in resized]
     h, w = rule.padded_size(sizes, pre["size_divisible"], pre.get("fixed_size"))
-    batch = np.zeros((len(resized), 3, h, w), dtype=np.uint8)
+    batch = np.zeros((len(resized), 3, h, w), dtype=np.float32 if floating else np.uint8)
     for i, r in enumerate(resized):
         batch[i, :, : r.shape[1], : r.shape[2]] = r
-    if input_dtype == "float32":
+    if input_dtype == "float32" and not floating:
         batch = batch.astype(np.float32) / np.float32(255.0)
     return batch, np.asarray(sizes, dtype=np.int64)
 
@@ -322,17 +367,19 @@ class OnnxDetector:
 # ----------------------------------------------------------------------------- images, drawing
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """uint8 HxWx3 RGB with EXIF orientation applied (as :func:`retinadet.data.images.read_image`)."""
+def read_image(path: str | os.PathLike, window: str | None = None) -> np.ndarray:
+    """uint8 HxWx3 RGB with EXIF orientation applied (as :func:`retinadet.data.images.read_image`); a 16-bit gray
+    image (PNG, TIFF) as float32 in [0, 1] by the model's windowing rule ``window``, refused without one."""
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{p}: image file not found")
     try:
         with Image.open(p) as im:
             im = ImageOps.exif_transpose(im)
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(im, dtype=np.uint32) >> 8
-                return np.repeat(arr.astype(np.uint8)[..., None], 3, axis=2)
+            if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+                samples = np.asarray(im)
+                rule = require_window(parse_window(window), str(p), samples.dtype, float(samples.max(initial=0)))
+                return np.repeat(apply_window(samples, rule)[..., None], 3, axis=2)
             return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
     except OSError as exc:
         raise DataError(f"{p}: cannot decode image ({exc})") from exc
@@ -344,6 +391,8 @@ def draw_boxes(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, class_n
     if boxes.shape[0] == 0:
         return image
     colors = class_colors(len(class_names))
+    if image.dtype != np.uint8:  # a windowed image of more than 8 bits, drawn as the network saw it
+        image = np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
     pil = Image.fromarray(np.ascontiguousarray(image))
     draw = ImageDraw.Draw(pil)
     font = ImageFont.load_default()
@@ -377,11 +426,18 @@ def predict_onnx(weights: Any, source: str | os.PathLike, *, conf: float | None 
                  amp: Any = False, strict: bool = False, resume: str | os.PathLike | None = None,
                  run_args: dict | None = None, tile: TileOptions | int | str | None = "auto", tile_overlap: float = 0.2,
                  tile_merge: str = "nms", tile_match: str = "iou", tile_threshold: float | None = None,
-                 full_image: bool = False) -> dict[str, Any]:
+                 full_image: bool = False, save_labelstudio: bool = False, save_cvat: bool = False,
+                 window: str | None = None, level: int | None = None, mpp: float | None = None,
+                 tissue: bool = True) -> dict[str, Any]:
     """``retinadet predict`` for ``.onnx`` weights: the same folder layout, files, skipping of unreadable
     inputs, resumption and sliced inference (``tile*``/``full_image``, as
     :func:`retinadet.engine.predict.predict`). ``amp`` is accepted for the same signature as the torch path;
-    the exported graph runs in its own precision."""
+    the exported graph runs in its own precision. Images of more than 8 bits are windowed by the rule in the
+    metadata (or ``window``). Slides (``level``, ``mpp``, ``tissue``) are read by region by the torch path only:
+    asking for them here fails with the way to do it."""
+    if level is not None or mpp is not None:
+        raise ConfigError("--level/--mpp read whole-slide images by region, which the ONNX runner does not do: predict "
+                          "slides with the .pt weights")
     tiling = tile_options(tile, tile_overlap, tile_merge, tile_match, tile_threshold, full_image)  # fails before any work
     files = list_sources(source)
     det = weights if isinstance(weights, OnnxDetector) else OnnxDetector(weights)
@@ -395,8 +451,8 @@ def predict_onnx(weights: Any, source: str | os.PathLike, *, conf: float | None 
             det.preprocess_cfg["fixed_size"] = int(imgsz)
     out = Path(resume) if resume is not None else increment_run_dir(project, "predict", name, exist_ok)
     writer = PredictionWriter(out, det.class_names, det.category_ids, save_txt=save_txt, save_csv=save_csv,
-                              save_geojson=save_geojson,
-                              resume=resume is not None)
+                              save_geojson=save_geojson, save_labelstudio=save_labelstudio, save_cvat=save_cvat,
+                              model_version=Path(det.path).name, resume=resume is not None)
     if run_args is not None and resume is None:
         write_json(out / "args.json", run_args)
     todo = [(i, f) for i, f in enumerate(files, start=1) if not writer.is_done(f)]
@@ -411,7 +467,7 @@ def predict_onnx(weights: Any, source: str | os.PathLike, *, conf: float | None 
             chunk, arrays = [], []
             for index, f in todo[start:start + max(1, batch)]:
                 try:
-                    arrays.append(read_image(f))
+                    arrays.append(read_image(f, window or det.preprocess_cfg.get("window")))
                     chunk.append((index, f))
                 except DataError as exc:
                     if strict:
@@ -456,6 +512,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--save-txt", action="store_true")
     ap.add_argument("--save-csv", action="store_true")
     ap.add_argument("--save-geojson", action="store_true", help="also write geojson/<stem>.geojson per image (QuPath)")
+    ap.add_argument("--save-labelstudio", action="store_true", help="also write labelstudio/tasks.json (Label Studio pre-annotations)")
+    ap.add_argument("--save-cvat", action="store_true", help="also write cvat/annotations.xml (CVAT for images 1.1 pre-annotations)")
     ap.add_argument("--nosave", action="store_true")
     ap.add_argument("--project", default="runs")
     ap.add_argument("--name", default=None)
@@ -479,7 +537,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         predict_onnx(args.weights, args.source, conf=args.conf, iou=args.iou,
                      max_det=FROM_CONFIG if args.max_det is None else args.max_det, batch=args.batch, imgsz=args.imgsz,
                      save=not args.nosave, save_txt=args.save_txt, save_csv=args.save_csv,
-                     save_geojson=args.save_geojson, project=args.project,
+                     save_geojson=args.save_geojson, save_labelstudio=args.save_labelstudio, save_cvat=args.save_cvat,
+                     project=args.project,
                      name=args.name, exist_ok=args.exist_ok, progress=False, strict=args.strict, tile=tiling)
     except RetinadetError as exc:
         print(f"Error: {exc}", file=sys.stderr)

@@ -245,13 +245,16 @@ def load_backbone_file(model: nn.Module, path: str) -> None:
 
 
 def _adapt_input_channels(model: nn.Module, in_channels: int) -> None:
+    from timm.models import adapt_input_conv
+
     for name, module in model.named_modules():
         if isinstance(module, nn.Conv2d) and module.in_channels == 3:
             new = nn.Conv2d(in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
                             module.dilation, module.groups, module.bias is not None)
             with torch.no_grad():
-                mean = module.weight.mean(dim=1, keepdim=True)
-                new.weight.copy_(mean.repeat(1, in_channels, 1, 1))
+                # timm's rule: summed over RGB for one channel (a gray image is R = G = B), else the RGB filters
+                # repeated and rescaled so that the activations keep their size.
+                new.weight.copy_(adapt_input_conv(in_channels, module.weight))
                 if module.bias is not None:
                     new.bias.copy_(module.bias)
             parent_name, _, child = name.rpartition(".")

@@ -11,7 +11,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from retinadet.errors import ConfigError
+from retinadet.errors import ConfigError, DataError
+from retinadet.utils.window import parse_window
 
 
 @dataclass
@@ -126,6 +127,16 @@ class PreprocessConfig:
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
     size_divisible: int = 32
+    # How images of more than 8 bits become [0, 1] intensities (retinadet.utils.window): "p0.5,99.5" (per-image
+    # percentiles), "0,4095" (a fixed raw range), or None: an 8-bit model, which refuses such images.
+    window: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.window is not None:
+            try:
+                self.window = None if (rule := parse_window(self.window, "preprocess.window")) is None else rule.spec
+            except DataError as exc:
+                raise ConfigError(str(exc)) from exc
 
     def size_overrides(self, imgsz: int) -> dict[str, int]:
         """Dotted-key overrides for an ``--imgsz``: the letterbox side if fixed, else short side and cap."""
@@ -139,6 +150,10 @@ class PreprocessConfig:
         if int(imgsz) < 32:
             raise ConfigError(f"--imgsz must be >= 32, got {imgsz}")
         return dataclasses.replace(self, **{k.split(".", 1)[1]: v for k, v in self.size_overrides(imgsz).items()})
+
+    def with_window(self, window: str | None) -> PreprocessConfig:
+        """This preprocessing with another windowing rule (``--window``); None: unchanged."""
+        return self if window is None else dataclasses.replace(self, window=window)
 
 
 @dataclass
@@ -197,6 +212,8 @@ class ModelConfig:
             raise ConfigError(f"backbone.norm must be frozen_bn, bn, gn or syncbn, got '{self.backbone.norm}'")
         if not 0 <= self.backbone.trainable_layers <= 5:
             raise ConfigError(f"backbone.trainable_layers must be in 0..5, got {self.backbone.trainable_layers}")
+        if self.backbone.in_channels not in (1, 2, 3):
+            raise ConfigError(f"backbone.in_channels must be 1 (gray), 2 or 3 (RGB), got {self.backbone.in_channels}")
         if not self.matcher.bg_iou <= self.matcher.fg_iou:
             raise ConfigError("matcher.bg_iou must be <= matcher.fg_iou")
         if self.matcher.kind not in ("iou", "atss"):

@@ -9,7 +9,7 @@ and decodes it with the same ``RetinaNet.postprocess``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -60,7 +60,9 @@ def detect_images(model: RetinaNet, images: Sequence[Tensor], preprocess: Prepro
                   tiling: TileOptions | None = None, scale: TrainingScale | None = None, batch_size: int | None = None,
                   report: TilingReport | None = None, conf: float | None = None, iou: float | None = None,
                   max_det: int | None | FromConfig = FROM_CONFIG, amp: bool | str = False,
-                  class_names: Sequence[str] = ()) -> list[Detections]:
+                  class_names: Sequence[str] = (),
+                  keep_tiles: Sequence[Callable[[np.ndarray], np.ndarray] | None] | None = None,
+                  progress: Callable[[int, int], None] | None = None) -> list[Detections]:
     """Detections of uint8 (or [0, 1] float) images [3, h, w] of any sizes, resized by the model's rule (or
     ``preprocess``'s, e.g. another input size), boxes in original pixels.
 
@@ -68,22 +70,25 @@ def detect_images(model: RetinaNet, images: Sequence[Tensor], preprocess: Prepro
     ``scale``, the model's training scale. The tiles of all images, and the whole images, go through the network
     together, ``batch_size`` regions at a time (default: all at once); tiles share one geometry, so their anchors
     are built once. A sliced image's ``max_det`` (FROM_CONFIG: no cap) applies after the merge; each tile keeps
-    the model's own cap."""
+    the model's own cap. ``keep_tiles[i]`` picks which of image i's tiles run (given its grid [T, 4]; a slide's
+    tissue mask skips the glass). ``progress(done, total)`` is called as the regions' batches finish."""
     pre = preprocess or model.cfg.preprocess
     device = next(model.parameters()).device
     common = dict(conf=conf, iou=iou, amp=amp, class_names=class_names)
     plans = plan_images([img.shape[-2:] for img in images], pre, tiling, scale, report)
     if all(p is None for p in plans):
         whole = [(img, (0, 0, int(img.shape[-1]), int(img.shape[-2]))) for img in images]
-        return _run_regions(model, whole, pre, device, batch_size, by_size=False, max_det=max_det, **common)
+        return _run_regions(model, whole, pre, device, batch_size, by_size=False, max_det=max_det, progress=progress,
+                            **common)
     # Regions: (image, tile index or -1 for the whole image, x1, y1, pixels).
-    boxes, grids = plan_regions([img.shape[-2:] for img in images], plans, tiling.full_image)
+    boxes, grids = plan_regions([img.shape[-2:] for img in images], plans, tiling.full_image, keep_tiles)
     regions = [(i, t, box[0], box[1], (images[i], box)) for i, t, box in boxes]
     # One pass without a cap, then each region's own: a whole image's is ``max_det``, a tile's the model's.
     model_cap = model.cfg.inference.max_det
     whole_cap = model_cap if max_det is FROM_CONFIG else max_det
     tile_cap = None if max_det is None else model_cap
-    found = _run_regions(model, [r[4] for r in regions], pre, device, batch_size, max_det=None, **common)
+    found = _run_regions(model, [r[4] for r in regions], pre, device, batch_size, max_det=None, progress=progress,
+                         **common)
     found = [d if (cap := whole_cap if plans[i] is None else tile_cap) is None else d[:cap]
              for (i, *_), d in zip(regions, found)]
     per_image: list[list[tuple[int, int, int, Detections]]] = [[] for _ in images]
@@ -97,6 +102,9 @@ def detect_images(model: RetinaNet, images: Sequence[Tensor], preprocess: Prepro
             out.append(parts[0][3])
             continue
         h, w = int(img.shape[-2]), int(img.shape[-1])
+        if not parts:  # every tile skipped (no tissue)
+            out.append(Detections.empty((h, w), list(class_names), device=device))
+            continue
         th, tw = min(plan.tile[0], h), min(plan.tile[1], w)
         net_scale = resize_scale(th, tw, pre.min_size, pre.max_size, pre.fixed_size)
         out.append(_merge_image(parts, plan, grid, (h, w), tiling, nms_iou, net_scale, cap, list(class_names)))
@@ -104,7 +112,7 @@ def detect_images(model: RetinaNet, images: Sequence[Tensor], preprocess: Prepro
 
 
 def _run_regions(model: RetinaNet, regions: list[tuple], pre: PreprocessConfig, device, batch_size: int | None,
-                 by_size: bool = True, **options) -> list[Detections]:
+                 by_size: bool = True, progress: Callable[[int, int], None] | None = None, **options) -> list[Detections]:
     """Detections of each region (image, (x1, y1, x2, y2)), ``batch_size`` at a time, in the order given or
     (``by_size``) batched with regions of their own size, so that a tile's detections never depend on what it shared
     a padded canvas with. A region is cut from its image only when its batch runs: a view of a tensor, or the read
@@ -114,12 +122,16 @@ def _run_regions(model: RetinaNet, regions: list[tuple], pre: PreprocessConfig, 
     for k, (_, (x1, y1, x2, y2)) in enumerate(regions):
         groups.setdefault((y2 - y1, x2 - x1) if by_size else (0, 0), []).append(k)
     out: list[Detections | None] = [None] * len(regions)
+    done = 0
     for members in groups.values():
         for start in range(0, len(members), step):
             chunk = members[start:start + step]
             pixels = [img[:, y1:y2, x1:x2] for img, (x1, y1, x2, y2) in (regions[k] for k in chunk)]
             for k, d in zip(chunk, detect_batch(model, prepare_batch(pixels, pre, device), **options)):
                 out[k] = d
+            done += len(chunk)
+            if progress is not None:
+                progress(done, len(regions))
     return out
 
 

@@ -88,6 +88,11 @@ class ServeState:
             given = cookie_token
         return given is not None and hmac.compare_digest(given.encode(), self.token.encode())
 
+    @property
+    def window(self) -> str | None:
+        """The model's rule for images of more than 8 bits (None: it refuses them, saying so)."""
+        return self.detector.model.cfg.preprocess.window
+
     # -- images -------------------------------------------------------------------------------------------------
 
     def decode(self, data: bytes, what: str = "the upload") -> Tensor:
@@ -106,7 +111,7 @@ class ServeState:
             path = Path(tmp) / f"upload{sniffed[0] if sniffed else '.img'}"
             path.write_bytes(data)
             try:
-                return read_image(path)
+                return read_image(path, self.window)
             except DataError as exc:
                 reason = str(exc).replace(f"{path}: ", "").replace(str(path), "the file")
         if sniffed is None:
@@ -116,7 +121,7 @@ class ServeState:
     def read_file(self, path: Path, what: str) -> Tensor:
         self._check_pixels(path, what)
         try:
-            return read_image(path)
+            return read_image(path, self.window)
         except DataError as exc:
             with open(path, "rb") as fh:
                 known = sniff_format(fh.read(16)) is not None

@@ -399,11 +399,14 @@ def plan_images(sizes: Sequence[Sequence[int]], preprocess: Mapping | object, ti
     return plans
 
 
-def plan_regions(sizes: Sequence[Sequence[int]], plans: Sequence[TilePlan | None], full_image: bool
+def plan_regions(sizes: Sequence[Sequence[int]], plans: Sequence[TilePlan | None], full_image: bool,
+                 keep: Sequence[Callable[[np.ndarray], np.ndarray] | None] | None = None
                  ) -> tuple[list[tuple[int, int, tuple[int, int, int, int]]], list[np.ndarray | None]]:
     """The regions the network sees, in order: (image, tile index or -1 for the whole image, (x1, y1, x2, y2)) for
     each image's tiles (then the whole image, with ``full_image``), or the whole image when it is not sliced; and
-    each image's tile grid (None: not sliced). Both paths cut their arrays by these."""
+    each image's tile grid (None: not sliced). Both paths cut their arrays by these. ``keep[i]``, given image i's
+    grid [T, 4], says which tiles to run (a slide's tissue mask): the others leave the grid, so that no seam rule
+    counts on a tile that never ran."""
     regions: list[tuple[int, int, tuple[int, int, int, int]]] = []
     grids: list[np.ndarray | None] = []
     for i, ((h, w), plan) in enumerate(zip(sizes, plans)):
@@ -413,6 +416,8 @@ def plan_regions(sizes: Sequence[Sequence[int]], plans: Sequence[TilePlan | None
             grids.append(None)
             continue
         grid = plan.grid(int(h), int(w))
+        if keep is not None and keep[i] is not None:
+            grid = grid[np.asarray(keep[i](grid), dtype=bool)]
         grids.append(grid)
         regions += [(i, t, tuple(box)) for t, box in enumerate(grid.tolist())]
         if full_image:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 from click.testing import CliRunner
-from data_support import write_coco, write_image
+from data_support import make_roboflow, write_coco, write_image
 
 from retinadet.cli.data import command as data_command
 
@@ -91,3 +92,157 @@ def test_root_cli_turns_data_errors_into_exit_2(tmp_path):
 
     result = CliRunner().invoke(main, ["data", "check", str(tmp_path / "nothing")])
     assert result.exit_code == 2 and "not found" in result.output
+
+
+# --- boxes that end on an edge after rounding (YOLO) ---------------------------------------------------------------
+
+
+def _yolo_edge_dataset(root, sizes):
+    """A YOLO dataset whose every box ends on an image edge, written by the project's own writer (6 decimals)."""
+    import yaml
+    from PIL import Image
+
+    from retinadet.data.formats.yolo import yolo_lines
+    from retinadet.data.records import ImageRecord
+
+    (root / "images" / "train").mkdir(parents=True)
+    (root / "labels" / "train").mkdir(parents=True)
+    for i, (w, h) in enumerate(sizes):
+        Image.new("RGB", (w, h), (40 + i, 90, 140)).save(root / "images" / "train" / f"{i}.png")
+        # Boxes touching each edge, from a spread of inner corners: the 6-decimal cx/w round differently for each.
+        xs = np.linspace(0.05 * w, 0.7 * w, 12).round(1)
+        ys = np.linspace(0.05 * h, 0.7 * h, 12).round(1)
+        boxes = ([[x, y, w, h] for x, y in zip(xs, ys)] + [[0, 0, w - x, h - y] for x, y in zip(xs, ys)]
+                 + [[0, y / 2, w, h - y / 3] for y in ys] + [[x / 3, 0, x, h] for x in xs])
+        record = ImageRecord(f"{i}.png", w, h, np.array(boxes), np.arange(len(boxes)) % 2, np.zeros(len(boxes), bool), i)
+        (root / "labels" / "train" / f"{i}.txt").write_text("\n".join(yolo_lines(record)) + "\n")
+    (root / "data.yaml").write_text(yaml.safe_dump({"path": ".", "train": "images/train", "names": ["a", "b"]}))
+    return root
+
+
+def test_yolo_boxes_ending_on_the_edge_after_rounding_are_no_problem(tmp_path):
+    """COCO-like 640x480 and a 3999x2999 scan, where 6-decimal labels land up to 2 ms of a pixel past the edge."""
+    from retinadet.data.discover import load_splits
+    from retinadet.data.formats.yolo import read_yolo
+
+    root = _yolo_edge_dataset(tmp_path / "yolo", [(640, 480), (3999, 2999), (1280, 720)])
+    overshoot = []
+    for txt in sorted((root / "labels" / "train").glob("*.txt")):
+        w, h = {"0": (640, 480), "1": (3999, 2999), "2": (1280, 720)}[txt.stem]
+        v = np.loadtxt(txt)
+        overshoot.append(np.max([(v[:, 1] + v[:, 3] / 2) * w - w, (v[:, 2] + v[:, 4] / 2) * h - h,
+                                 -(v[:, 1] - v[:, 3] / 2) * w, -(v[:, 2] - v[:, 4] / 2) * h]))
+    assert max(overshoot) > 1e-3  # the test has teeth: past the absolute 1e-3 px a 640 px image needs
+
+    direct = read_yolo(root / "images" / "train", ["a", "b"])
+    splits = load_splits(root)
+    for ds in (direct, splits["train"]):
+        assert ds.problems == []
+        assert sum(r.num_boxes for r in ds.records) == 3 * 48
+        for r in ds.records:  # clipped onto the edge exactly
+            assert r.boxes[:, 2].max() == r.width and r.boxes[:, 3].max() == r.height and r.boxes.min() == 0
+
+    result = CliRunner().invoke(data_command, ["check", str(root)])
+    assert result.exit_code == 0, result.output
+    assert "Problems: 0 error(s), 0 warning(s)" in result.output
+
+    # A real overshoot of half a pixel still warns, once.
+    label = root / "labels" / "train" / "0.txt"
+    label.write_text(label.read_text() + f"0 {(600 + 640.5) / 2 / 640:.6f} 0.5 {40.5 / 640:.6f} 0.1\n")
+    problems = load_splits(root)["train"].problems
+    assert [(p.kind, p.severity) for p in problems] == [("box_clipped", "warning")]
+    assert "line 49" in problems[0].message and problems[0].file == str(label)
+
+
+# --- vectorised checks ---------------------------------------------------------------------------------------------
+
+
+def test_sanitize_boxes_over_a_dataset_at_once_equals_image_by_image():
+    from retinadet.data.records import sanitize_boxes
+
+    rng = np.random.default_rng(3)
+    sizes = [(64, 48), (0, 0), (640, 480), (33, 97)]
+    per_image, widths, heights, all_boxes, names = [], [], [], [], []
+    for k, (w, h) in enumerate(sizes):
+        b = rng.uniform(-6, 700, (25, 4))
+        b[:, 2:] = b[:, :2] + rng.uniform(-2, 60, (25, 2))
+        b[3, 1] = np.nan
+        b[5, 2] = w + 1e-7
+        problems = []
+        per_image.append((*sanitize_boxes(b, w, h, "f", problems, [f"{k}/{i}" for i in range(25)]), problems))
+        all_boxes.append(b)
+        widths += [w] * 25
+        heights += [h] * 25
+        names += [f"{k}/{i}" for i in range(25)]
+    together = []
+    boxes, keep = sanitize_boxes(np.concatenate(all_boxes), np.array(widths), np.array(heights), "f", together,
+                                 lambda i: names[i])
+    np.testing.assert_array_equal(boxes, np.concatenate([p[0] for p in per_image]))
+    np.testing.assert_array_equal(keep, np.concatenate([p[1] for p in per_image]))
+    assert [str(p) for p in together] == [str(p) for ps in per_image for p in ps[2]]
+    kinds = {p.kind for p in together}
+    assert {"nan_box", "box_outside_image", "zero_size_box"} <= kinds
+
+
+def test_best_anchor_iou_is_exact_against_every_anchor():
+    import torch
+    from torchvision.ops import box_iou
+
+    from retinadet.data.check import best_anchor_iou
+    from retinadet.model import resolve_model_config
+    from retinadet.model.anchors import anchors_for_image_size
+
+    rng = np.random.default_rng(0)
+    for preset in ("fast", "retinanet_r50"):
+        anchors = resolve_model_config(preset).anchors
+        for ph, pw in [(288, 384), (320, 200)]:
+            centre = rng.uniform(-20, [pw + 20, ph + 20], (300, 2))
+            side = np.exp(rng.uniform(np.log(3), np.log(600), (300, 2)))
+            boxes = np.concatenate([centre - side / 2, centre + side / 2], axis=1)
+            brute = box_iou(torch.from_numpy(boxes).float(), anchors_for_image_size(anchors, (ph, pw)).float()).amax(1)
+            got = best_anchor_iou(boxes, np.tile([ph, pw], (300, 1)), anchors)
+            np.testing.assert_allclose(got, brute.numpy(), atol=1e-5)
+            assert 0.05 < (got >= 0.5).mean() < 0.95  # a spread of good and poor matches
+
+
+# --- the plot ------------------------------------------------------------------------------------------------------
+
+
+def test_check_plot_draws_the_datasets_counts(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from retinadet.data.check import check_dataset
+    from retinadet.data.check_plot import plot_check
+    from retinadet.data.discover import load_splits
+
+    root = make_roboflow(tmp_path / "rf")
+    out = tmp_path / "plots" / "rf.png"
+    result = CliRunner().invoke(data_command, ["check", str(root), "--no-images", "--plot", str(out)])
+    assert result.exit_code == 0, result.output
+    assert f"Plot: {out}" in result.output
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(out) as png:
+        png.verify()
+        assert png.size == (1300, 900)
+
+    report = check_dataset(root, verify_images=False)
+    _, fig = plot_check(report, tmp_path / "again.png")
+    counts_ax = fig.axes[0]
+    splits = load_splits(root)
+    drawn = {c.get_label(): [round(p.get_height()) for p in c] for c in counts_ax.containers}
+    assert drawn == {name: list(ds.boxes_per_class().values()) for name, ds in splits.items()}
+    assert drawn["train"] == [2, 2, 2] and drawn["val"] == [1, 1, 0]  # crowd boxes (platelets in train) count
+    assert [t.get_text() for t in counts_ax.get_xticklabels()] == ["rbc", "wbc", "platelet"]
+    assert len(report.columns.side) == sum(sum(ds.boxes_per_class().values()) for ds in splits.values())
+
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(data_command, ["check", str(root), "--no-images", "--plot"])
+    assert result.exit_code == 0 and (tmp_path / "rf_check.png").is_file(), result.output
+    result = CliRunner().invoke(main_cli(), ["data", "check", str(root), "--plot", "out.jpg"])
+    assert result.exit_code == 2 and "ending in .png" in result.output
+
+
+def main_cli():
+    from retinadet.cli import main
+
+    return main

@@ -46,8 +46,9 @@ def test_grayscale_rgba_palette_16bit(tmp_path, rgb):
     assert np.array_equal(_hwc(read_image(tmp_path / "p.png")), np.asarray(pal.convert("RGB")))
 
     Image.fromarray(rgb[..., 1].astype(np.uint16) * 257).save(tmp_path / "16.png")
-    sixteen = _hwc(read_image(tmp_path / "16.png"))
-    assert np.array_equal(sixteen[..., 2], rgb[..., 1])
+    sixteen = read_image(tmp_path / "16.png", window="0,65535")  # a fixed full range: exactly value / 65535
+    assert sixteen.dtype == torch.float32
+    assert np.allclose(sixteen[2].numpy(), rgb[..., 1].astype(np.float64) * 257 / 65535.0, atol=1e-6)
 
     Image.fromarray(rgb).save(tmp_path / "t.tif")  # PIL fallback path
     assert np.array_equal(_hwc(read_image(tmp_path / "t.tif")), rgb)

@@ -14,6 +14,7 @@ pytest.importorskip("zarr", reason="region reading needs zarr (the tiff extra)")
 
 from retinadet.data import regions  # noqa: E402
 from retinadet.data.regions import RegionImage, open_regions  # noqa: E402
+from retinadet.errors import DataError  # noqa: E402
 
 
 def _pyramid(path, array, tile=(128, 128)):
@@ -56,8 +57,13 @@ def test_which_files_are_read_by_region(slide, tmp_path):
     image.close()
     tifffile.imwrite(tmp_path / "strips.tif", array)  # not tiled
     assert open_regions(tmp_path / "strips.tif", min_bytes=0) is None
-    tifffile.imwrite(tmp_path / "deep.tif", array.astype(np.uint16) * 257, tile=(128, 128))
-    assert open_regions(tmp_path / "deep.tif", min_bytes=0) is None  # 16-bit: the ordinary reader's
+    deep = array.astype(np.uint16) * 257
+    tifffile.imwrite(tmp_path / "deep.tif", deep, tile=(128, 128), photometric="rgb")
+    with pytest.raises(DataError, match="deep.tif: 16-bit image.*no windowing rule"):  # an 8-bit model
+        open_regions(tmp_path / "deep.tif", min_bytes=0)
+    image = open_regions(tmp_path / "deep.tif", min_bytes=0, window="0,65535")  # 16-bit regions, windowed
+    assert torch.allclose(image[:, 5:9, 7:12], torch.from_numpy(deep[5:9, 7:12] / 65535.0).permute(2, 0, 1).float())
+    image.close()
     (tmp_path / "broken.tif").write_bytes(b"II*\x00garbage")
     assert open_regions(tmp_path / "broken.tif", min_bytes=0) is None  # read_image then names the problem
 
@@ -89,8 +95,8 @@ def test_predict_reads_a_large_tiff_by_region(slide, tmp_path, monkeypatch):
     det = Detector(RetinaNet(resolve_model_config("fast").replace({"num_classes": 2})), ["a", "b"])
     lines: list[str] = []
     out = predict(det, path, tile=256, conf=0.001, project=str(tmp_path), name="p", progress=False, log=lines.append)
-    assert any("1100x700 px tiled TIFF, read by region" in line for line in lines), lines
-    assert any("no annotated copy is drawn" in line for line in lines)
+    assert any("1100x700 px slide at level 0 (1100x700 px), no µm/px recorded, read by region" in line for line in lines), lines
+    assert (tmp_path / "predict" / "p" / "slide_overview.png").is_file()  # the thumbnail with its detections
     rows = json.loads((tmp_path / "predict" / "p" / "predictions.json").read_text())
     expected = det.predict(torch.from_numpy(array).permute(2, 0, 1), tile=256, conf=0.001)
     assert out["images"] == 1 and len(rows) == len(expected) > 0

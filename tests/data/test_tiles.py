@@ -190,9 +190,9 @@ def test_unreadable_images_are_skipped_counted_and_decoded_once(tmp_path, monkey
     reads = Counter()
     real = T.read_image
 
-    def counting(path):
+    def counting(path, window=None):
         reads[path] += 1
-        return real(path)
+        return real(path, window)
 
     monkeypatch.setattr(T, "read_image", counting)
     ds = TileDataset(data, None, TileSampling(128, min_visibility=1.0)).epoch(seed=0, epoch=0)

@@ -1,4 +1,10 @@
-"""Pascal VOC: ``Annotations/*.xml``, ``JPEGImages/``, ``ImageSets/Main/<split>.txt``.
+"""Pascal VOC XML: one ``<annotation>`` file per image, in any folder.
+
+Two layouts: the devkit's ``Annotations/*.xml`` + ``JPEGImages/`` + ``ImageSets/Main/<split>.txt``
+(:func:`read_voc`), and XML files anywhere, beside their images or beside an image folder
+(Roboflow's "Pascal VOC" export: ``train/ valid/ test/`` each holding ``a.jpg`` + ``a.xml``;
+:func:`read_voc_files`). The image of an XML is found through ``<filename>``, then ``<path>``, then the
+XML's own stem, beside the XML or in a sibling folder (``JPEGImages/`` and ``images/`` first).
 
 Coordinates are taken as pixel edges (xmin..xmax), the convention of labelImg,
 Roboflow and Ultralytics, so VOC -> COCO -> VOC is exact. ``difficult`` objects are
@@ -14,11 +20,11 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
-from retinadet.data.images import image_size
-from retinadet.data.records import DatasetRecords, ImageRecord, Problem, check_unique_ids, default_category_ids, sanitize_boxes
+from retinadet.data.formats.named_boxes import ImageFinder, NamedBoxes, read_named_splits
+from retinadet.data.records import DatasetRecords, ImageRecord, Problem
 from retinadet.errors import DataError
+
+VOC_ROOT_TAG = "annotation"
 
 
 def is_voc_root(path: Path) -> bool:
@@ -33,18 +39,37 @@ def list_voc_splits(root: Path) -> list[str]:
     return sorted(p.stem for p in main.glob("*.txt") if "_" not in p.stem)
 
 
+def voc_split_files(root: Path, split: str) -> list[Path]:
+    """The XML files ``ImageSets/Main/<split>.txt`` lists (first column: the image stem)."""
+    split_file = root / "ImageSets" / "Main" / f"{split}.txt"
+    if not split_file.is_file():
+        raise DataError(f"{split_file}: split file not found (available: {', '.join(list_voc_splits(root)) or 'none'})")
+    stems = [line.split()[0] for line in split_file.read_text().splitlines() if line.strip()]
+    return [root / "Annotations" / f"{stem}.xml" for stem in stems]
+
+
 def _text(node: ET.Element | None, default: str = "") -> str:
     return node.text.strip() if node is not None and node.text is not None else default
 
 
-def _parse_xml(xml_path: Path, problems: list[Problem]):
+def _tag(element: ET.Element) -> str:
+    return element.tag.rsplit("}", 1)[-1]  # without an XML namespace
+
+
+def parse_voc_xml(xml_path: Path, finder: ImageFinder, problems: list[Problem]) -> list[NamedBoxes]:
+    """One VOC XML file as the boxes of its image (nothing, and a problem, when it cannot be read)."""
+    if not xml_path.is_file():
+        problems.append(Problem(str(xml_path), "annotation file listed in the split is missing", "missing_file"))
+        return []
     try:
-        tree = ET.parse(xml_path)
+        root = ET.parse(xml_path).getroot()
     except ET.ParseError as exc:
         problems.append(Problem(str(xml_path), f"invalid XML: {exc}", "bad_annotation"))
-        return None
-    root = tree.getroot()
-    filename = _text(root.find("filename")) or xml_path.stem + ".jpg"
+        return []
+    if _tag(root) != VOC_ROOT_TAG:
+        problems.append(Problem(str(xml_path), f"not a VOC annotation: root element <{_tag(root)}>, expected <{VOC_ROOT_TAG}>",
+                                "bad_annotation"))
+        return []
     size = root.find("size")
     try:
         width = int(float(_text(size.find("width") if size is not None else None, "0")))
@@ -52,7 +77,8 @@ def _parse_xml(xml_path: Path, problems: list[Problem]):
     except ValueError:
         problems.append(Problem(str(xml_path), "size/width or size/height is not a number", "bad_annotation"))
         width = height = 0
-    objects = []
+    image = finder.find_or_default(xml_path, [_text(root.find("filename")), _text(root.find("path"))])
+    item = NamedBoxes(image, width, height, str(xml_path))
     for k, obj in enumerate(root.findall("object")):
         name = _text(obj.find("name"))
         bnd = obj.find("bndbox")
@@ -64,10 +90,24 @@ def _parse_xml(xml_path: Path, problems: list[Problem]):
             try:
                 coords.append(float(_text(bnd.find(tag), "nan")))
             except ValueError:
-                coords.append(math.nan)
-        difficult = _text(obj.find("difficult"), "0") in ("1", "true", "True")
-        objects.append((name, coords, difficult, k))
-    return filename, width, height, objects
+                coords.append(math.nan)  # reported as a non-finite coordinate by sanitize_boxes
+        difficult = _text(obj.find("difficult"), "0").lower() in ("1", "true")
+        item.add(name, coords, f"object {k} ({name})", crowd=difficult)
+    return [item]
+
+
+def read_voc_files(
+    xml_files: Sequence[str | os.PathLike],
+    split: str | None = None,
+    class_names: Sequence[str] | None = None,
+    root: str | os.PathLike | None = None,
+    finder: ImageFinder | None = None,
+) -> DatasetRecords:
+    """VOC XML files from any folders (class names: the sorted names of these files unless given). Images are
+    looked for within ``root``, by default the folder above the first file's (so its sibling folders count)."""
+    files = [Path(f) for f in xml_files]
+    base = Path(root) if root is not None else (files[0].parent.parent if files else None)
+    return read_named_splits({split: files}, parse_voc_xml, "voc", base, finder, class_names)[split]
 
 
 def read_voc(
@@ -80,66 +120,26 @@ def read_voc(
     ann_dir = root / "Annotations"
     if not ann_dir.is_dir():
         raise DataError(f"{root}: not a Pascal VOC folder (no Annotations/)")
-    problems: list[Problem] = []
-    if split is not None:
-        split_file = root / "ImageSets" / "Main" / f"{split}.txt"
-        if not split_file.is_file():
-            raise DataError(f"{split_file}: split file not found (available: {', '.join(list_voc_splits(root)) or 'none'})")
-        stems = [line.split()[0] for line in split_file.read_text().splitlines() if line.strip()]
-    else:
-        stems = sorted(p.stem for p in ann_dir.glob("*.xml"))
-
-    parsed = []
-    for stem in stems:
-        xml_path = ann_dir / f"{stem}.xml"
-        if not xml_path.is_file():
-            problems.append(Problem(str(xml_path), "annotation file listed in the split is missing", "missing_file"))
-            continue
-        p = _parse_xml(xml_path, problems)
-        if p is not None:
-            parsed.append((xml_path, p))
-
-    if class_names is None:
+    every = sorted(ann_dir.glob("*.xml"))
+    files = voc_split_files(root, split) if split is not None else every
+    if class_names is None and split is not None:
         # Every XML, not only this split's, so that all splits share one class list.
-        names = set()
-        for xml_path in ann_dir.glob("*.xml"):
-            try:
-                for obj in ET.parse(xml_path).getroot().findall("object"):
-                    n = _text(obj.find("name"))
-                    if n:
-                        names.add(n)
-            except ET.ParseError:
-                pass
-        class_names = sorted(names)
-    class_names = list(class_names)
-    label_of = {n: i for i, n in enumerate(class_names)}
+        class_names = voc_class_names(every)
+    return read_voc_files(files, split=split, class_names=class_names, root=root)
 
-    records = []
-    for index, (xml_path, (filename, width, height, objects)) in enumerate(parsed):
-        image_path = root / "JPEGImages" / filename
-        if not image_path.exists():
-            alt = root / "JPEGImages" / (xml_path.stem + Path(filename).suffix)
-            image_path = alt if alt.exists() else image_path
-        if width <= 0 or height <= 0:
 
-            try:
-                width, height = image_size(image_path)
-            except DataError:
-                width = height = 0
-        boxes, labels, crowd, where = [], [], [], []
-        for name, coords, difficult, k in objects:
-            if name not in label_of:
-                problems.append(Problem(str(xml_path), f"object {k}: unknown class '{name}'", "unknown_class"))
-                continue
-            boxes.append(coords)
-            labels.append(label_of[name])
-            crowd.append(difficult)
-            where.append(f"object {k} ({name})")
-        b, keep = sanitize_boxes(np.array(boxes, dtype=np.float64).reshape(-1, 4), width, height, str(xml_path), problems, where)
-        records.append(ImageRecord(image_path, width, height, b[keep], np.array(labels, dtype=np.int64)[keep],
-                                   np.array(crowd, dtype=bool)[keep], index + 1, source=str(xml_path)))
-    check_unique_ids(records, problems)
-    return DatasetRecords(records, class_names, default_category_ids(len(class_names)), problems, root=root, split=split, format="voc")
+def voc_class_names(xml_files: Sequence[Path]) -> list[str]:
+    """The sorted object names of VOC files (unreadable files are skipped here and reported when read)."""
+    names = set()
+    for xml_path in xml_files:
+        try:
+            for obj in ET.parse(xml_path).getroot().findall("object"):
+                n = _text(obj.find("name"))
+                if n:
+                    names.add(n)
+        except (ET.ParseError, OSError):
+            pass
+    return sorted(names)
 
 
 def _fmt(v: float) -> str:

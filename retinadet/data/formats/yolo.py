@@ -1,9 +1,11 @@
-"""YOLO txt: ``images/`` + ``labels/`` with one ``class cx cy w h`` line per box (normalised).
+"""YOLO txt: one ``class cx cy w h`` line per box (normalised), one file per image.
 
-Class names come from a ``data.yaml`` (``names`` as a list or {id: name}); splits are
-either yaml entries (``train: images/train``) or subfolders of ``images/``. The
-label file of ``.../images/x/a.jpg`` is ``.../labels/x/a.txt`` (Ultralytics rule).
-A polygon line (``class x1 y1 x2 y2 ...``) becomes its bounding box.
+Labels sit in a ``labels/`` folder mirroring ``images/`` (Ultralytics, Roboflow, Label Studio: the label
+file of ``.../images/x/a.jpg`` is ``.../labels/x/a.txt``) or beside their images (darknet, CVAT's
+"YOLO 1.1": ``obj_train_data/a.jpg`` + ``a.txt``). Class names come from a yaml's ``names`` (a list or
+{id: name}; Ultralytics' ``data.yaml``), a ``classes.txt`` or a darknet ``obj.names`` (one name per line).
+A polygon line (``class x1 y1 x2 y2 ...``) becomes its bounding box; an image without a label file is a
+negative.
 """
 
 from __future__ import annotations
@@ -58,18 +60,50 @@ def list_images(source: Path) -> list[Path]:
     raise DataError(f"{source}: YOLO image source not found (expected a folder of images or a .txt list)")
 
 
+def read_names_file(path: Path) -> list[str]:
+    """Class names of a ``classes.txt`` / ``obj.names`` (one per line, line k is class k).
+
+    A ``class_name,id`` file (the CSV format's class file, also found as ``classes.txt``) gives its names
+    in id order.
+    """
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    pairs = [line.rsplit(",", 1) for line in lines]
+    if lines and all(len(p) == 2 and p[1].strip().isdigit() for p in pairs):
+        return [name.strip() for name, _ in sorted(pairs, key=lambda p: int(p[1]))]
+    return lines
+
+
+def is_yolo_line(line: str) -> bool:
+    """``class cx cy w h`` or ``class x1 y1 x2 y2 ...`` with an integer class (what the sniffer accepts)."""
+    fields = line.split()
+    if len(fields) < 5 or (len(fields) > 5 and len(fields) % 2 == 0):
+        return False
+    try:
+        values = [float(v) for v in fields]
+    except ValueError:
+        return False
+    return values[0].is_integer() and values[0] >= 0
+
+
 def read_yolo(source: str | os.PathLike, class_names: Sequence[str], split: str | None = None) -> DatasetRecords:
+    """Images of a folder (recursive) or a .txt list, each with its label file by the Ultralytics rule."""
     source = Path(source)
+    images = list_images(source)
+    return read_yolo_images(images, [label_path_for(p) for p in images], class_names, split=split, root=source)
+
+
+def read_yolo_images(images: Sequence[Path], label_files: Sequence[Path], class_names: Sequence[str],
+                     split: str | None = None, root: Path | None = None) -> DatasetRecords:
+    """Images with their label files (``label_files[i]`` of ``images[i]``; a missing one: a negative)."""
     class_names = list(class_names)
     problems: list[Problem] = []
     records = []
-    for index, image_path in enumerate(list_images(source)):
+    for index, (image_path, label_file) in enumerate(zip(images, label_files)):
         try:
             width, height = image_size(image_path)
         except DataError as exc:
             problems.append(Problem(str(image_path), str(exc).split(": ", 1)[-1], "unreadable_image"))
             width = height = 0
-        label_file = label_path_for(image_path)
         boxes, labels, where = [], [], []
         if label_file.is_file():
             for lineno, line in enumerate(label_file.read_text().splitlines(), start=1):
@@ -105,7 +139,7 @@ def read_yolo(source: str | os.PathLike, class_names: Sequence[str], split: str 
                                    np.zeros(int(keep.sum()), dtype=bool), index + 1, source=str(label_file)))
     check_unique_ids(records, problems)
     return DatasetRecords(records, class_names, default_category_ids(len(class_names)), problems,
-                          root=source, split=split, format="yolo")
+                          root=root, split=split, format="yolo")
 
 
 def yolo_lines(record: ImageRecord) -> list[str]:
