@@ -75,13 +75,13 @@ def write_tiff(path: Path, side: int, pattern: np.ndarray, tissue: float, tile: 
     return time.perf_counter() - t0
 
 
-def run_predict(weights: str, source: Path, out: Path, batch: int, tissue: bool) -> tuple[float, float, str]:
+def run_predict(weights: str, source: Path, out: Path, batch: int, tissue: bool, tile: str) -> tuple[float, float, str]:
     """(wall seconds, child peak RSS in GB, its output) of one ``retinadet predict``."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     t0 = time.perf_counter()
     res = subprocess.run([sys.executable, "-m", "retinadet", "predict", "--weights", weights, "--source", str(source),
                           "--nosave", "--conf", "0.5", "--batch", str(batch), "--project", str(out), "--name", source.stem,
-                          "--tissue" if tissue else "--no-tissue"],
+                          "--tissue" if tissue else "--no-tissue", "--tile", tile],
                          capture_output=True, text=True)
     wall = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
@@ -100,6 +100,7 @@ def main() -> None:
     p.add_argument("--jpeg", action="store_true", help="measure a JPEG of the same pixels instead (decoded whole)")
     p.add_argument("--tissue", type=float, default=1.0, help="share of the slide that is tissue (the rest glass)")
     p.add_argument("--no-tissue", dest="mask", action="store_false", help="run every tile (no tissue mask)")
+    p.add_argument("--tile", default="auto", help="predict's --tile (auto: from the checkpoint's training scale)")
     p.add_argument("--workdir", default=None, help="where to write the image (default: a temporary folder)")
     args = p.parse_args()
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
@@ -121,7 +122,7 @@ def main() -> None:
             source = tmp / "slide.tif"
             written = write_tiff(source, args.side, pattern, args.tissue)
         size = source.stat().st_size / 2**20
-        wall, peak, output = run_predict(args.weights, source, tmp / "runs", args.batch, args.mask)
+        wall, peak, output = run_predict(args.weights, source, tmp / "runs", args.batch, args.mask, args.tile)
         lines = [line for line in output.splitlines() if "sliced" in line or "read by region" in line or "GiB" in line
                  or "tiles hold" in line]
         mpx = args.side * args.side / 1e6

@@ -170,3 +170,28 @@ def test_predict_on_a_slide_equals_sliced_inference_on_the_array(slide, tmp_path
     held = [m for m in held if m]
     assert held and 0 < int(held[-1].group(1)) < int(held[-1].group(2))
     assert 0 < out["detections"] <= len(rows)
+
+
+def test_a_tile_that_fails_to_decode_skips_its_slide_and_the_run_goes_on(slide, tmp_path):
+    from retinadet.detector import Detector, predict
+    from retinadet.model import RetinaNet, resolve_model_config
+
+    path, array = slide
+    folder = tmp_path / "in"
+    folder.mkdir()
+    good = write_slide(folder / "good.tif", array[:600, :700])
+    bad = folder / "bad.tif"
+    data = bytearray(path.read_bytes())
+    with tifffile.TiffFile(path) as tif:
+        offset, count = tif.pages[0].dataoffsets[40], tif.pages[0].databytecounts[40]  # a tile inside the tissue
+    data[offset:offset + count] = b"\xff" * count  # not a zlib stream any more
+    bad.write_bytes(bytes(data))
+    torch.manual_seed(0)
+    det = Detector(RetinaNet(resolve_model_config("fast").replace({"num_classes": 2})), ["a", "b"])
+    lines: list[str] = []
+    out = predict(det, folder, level=0, tile=256, conf=0.001, tissue=False, project=str(tmp_path), name="p", progress=False,
+                  log=lines.append)
+    assert out["images"] == 1 and out["skipped"] == 1
+    assert any(line.startswith(f"skipped: {bad}: cannot read the tile at row") for line in lines), lines
+    assert str(bad) in (tmp_path / "predict" / "p" / "skipped.txt").read_text()
+    assert str(good) in (tmp_path / "predict" / "p" / "predictions.jsonl").read_text()
