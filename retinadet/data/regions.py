@@ -118,11 +118,12 @@ class RegionImage:
         """Samples [y1:y2, x1:x2] of ``level`` as HxW(xC), in the file's dtype."""
         raise NotImplementedError
 
-    def thumbnail(self, max_side: int = 2048) -> tuple[np.ndarray, float]:
-        """The smallest level whose long side is at least ``max_side`` (or the largest there is under it) as uint8
-        HxWx3 (windowed when deeper), and its level-0 pixels per pixel."""
+    def thumbnail(self, min_side: int = 1024) -> tuple[np.ndarray, float]:
+        """The coarsest level whose long side is at least ``min_side`` (or the finest there is, when none is) as uint8
+        HxWx3 (windowed when deeper), and its level-0 pixels per pixel. Coarse on purpose: it is held, masked and
+        drawn on whole (1875 px for a 30000 px slide with 1/16 levels)."""
         ordered = sorted(range(len(self.levels)), key=lambda k: -self.levels[k].downsample)
-        pick = next((k for k in ordered if max(self.levels[k].width, self.levels[k].height) >= max_side), ordered[-1])
+        pick = next((k for k in ordered if max(self.levels[k].width, self.levels[k].height) >= min_side), ordered[-1])
         lv = self.levels[pick]
         if lv.width * lv.height > 64 * 2**20:  # no small level in the file: a slide without a pyramid
             raise DataError(f"{self.path}: no pyramid level under 64 Mpx to take a thumbnail from (levels: "

@@ -1,9 +1,11 @@
 """Where the tissue is on a slide, from its thumbnail, so that sliced inference skips the glass.
 
-Brightfield slides (H&E, Pap, Giemsa) show tissue as colour on white glass: the mask is Otsu's threshold of the
-saturation (max - min over RGB), the usual rule of slide-analysis pipelines. Where the thumbnail has next to no
-colour (fluorescence, gray scans) it is Otsu's threshold of the intensity, the tissue on the side the slide's border
-is not. The mask is dilated by a thumbnail pixel, so that the edge of a tissue fragment keeps its tiles. Torch-free.
+Brightfield slides (H&E, Pap, Giemsa, blood smears) show tissue as colour on white glass: the mask is the
+saturation (max - min over RGB) above Otsu's threshold of it, capped at a low fixed level so that pale specimen
+(the plasma between blood cells, thin cytoplasm) counts as tissue and only grey glass does not, or anything clearly
+darker than the glass. Where the thumbnail has next to no colour (fluorescence, gray scans) it is Otsu's threshold
+of the intensity, the tissue on the side the slide's border is not. The mask is dilated by a thumbnail pixel, so
+that the edge of a tissue fragment keeps its tiles. Torch-free.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ import numpy as np
 
 # Below this spread of saturation (0-255) a thumbnail has no colour to separate tissue by.
 MIN_SATURATION_SPREAD = 12
-# Glass scanned white is above this intensity; nothing darker is glass.
-GLASS = 235
+# Saturation above this is specimen whatever Otsu says: glass, even JPEG-compressed, stays under it.
+SATURATION_CAP = 15
+# This much darker than the glass (its 95th-percentile intensity) is specimen, coloured or not.
+DARKER_THAN_GLASS = 25
 
 
 def otsu_threshold(values: np.ndarray) -> float:
@@ -36,8 +40,9 @@ def tissue_mask(thumbnail: np.ndarray) -> np.ndarray:
     rgb = thumbnail.astype(np.int16)
     saturation = rgb.max(axis=2) - rgb.min(axis=2)
     if np.percentile(saturation, 99) - np.percentile(saturation, 1) >= MIN_SATURATION_SPREAD:
-        mask = saturation > otsu_threshold(saturation)
-        mask &= rgb.mean(axis=2) < 250  # white dust and pen-free glass have some saturation in JPEG noise
+        gray = rgb.mean(axis=2)
+        mask = saturation > min(otsu_threshold(saturation), SATURATION_CAP)
+        mask |= gray < np.percentile(gray, 95) - DARKER_THAN_GLASS
     else:
         gray = rgb.mean(axis=2)
         border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])

@@ -95,7 +95,7 @@ def test_openslide_reads_the_same_slide(slide):
 def test_tissue_mask_finds_the_stained_blocks(slide):
     path, array = slide
     image = open_slide(path)
-    thumb, per_px = image.thumbnail(max_side=400)
+    thumb, per_px = image.thumbnail(min_side=400)
     assert per_px == 4.0 and thumb.shape == (350, 450, 3)
     mask = tissue_mask(thumb)
     truth = np.zeros(array.shape[:2], bool)
@@ -195,3 +195,16 @@ def test_a_tile_that_fails_to_decode_skips_its_slide_and_the_run_goes_on(slide, 
     assert any(line.startswith(f"skipped: {bad}: cannot read the tile at row") for line in lines), lines
     assert str(bad) in (tmp_path / "predict" / "p" / "skipped.txt").read_text()
     assert str(good) in (tmp_path / "predict" / "p" / "predictions.jsonl").read_text()
+
+
+def test_tissue_mask_keeps_a_pale_blood_smear(bccd):
+    """The plasma between blood cells is pale: it is specimen, and only the grey glass around the field is not."""
+    from retinadet.data.images import read_image
+
+    field = read_image(sorted((bccd / "JPEGImages").glob("*.jpg"))[0]).permute(1, 2, 0).numpy()
+    canvas = np.full((960, 1280, 3), 242, np.uint8)
+    canvas[240:720, 320:960] = field
+    truth = np.zeros(canvas.shape[:2], bool)
+    truth[240:720, 320:960] = True
+    mask = tissue_mask(canvas)
+    assert (mask & truth).sum() / truth.sum() > 0.99 and (mask & ~truth).sum() / (~truth).sum() < 0.01
