@@ -1,5 +1,6 @@
 """The public API: :class:`Detector` (a model with its class names, run on raw images), :func:`load`
-and :func:`predict` (files, folders and videos, through torch or an exported ONNX model)."""
+and :func:`predict` (files, folders and videos, through torch or an exported ONNX or OpenVINO model), and
+:func:`evaluate_exported` (``val`` of an exported model)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from retinadet.engine import evaluate as evaluate_mod
 from retinadet.engine import predict as predict_mod
 from retinadet.errors import ConfigError, DataError
 from retinadet.explain import Explanation, explain
-from retinadet.export import onnx_runtime
+from retinadet.export import runners
+from retinadet.export.evaluate import evaluate_exported  # noqa: F401 - the public API of val for exported models
 from retinadet.model import ModelConfig, RetinaNet, resolve_model_config
 from retinadet.model.inference import detect_images
 from retinadet.structures import Detections, DetectionsList
@@ -168,8 +170,8 @@ _RESUMABLE = ("conf", "iou", "max_det", "batch", "imgsz", "amp", "save", "save_t
 
 def predict(weights: str | os.PathLike | Detector | None = None, source: str | os.PathLike | None = None, *,
             device: str | None = None, resume: str | os.PathLike | None = None, **options: Any) -> dict[str, Any]:
-    """``retinadet predict``: a weights spec (an exported ``.onnx`` runs through onnxruntime, without
-    torch) or a :class:`Detector`, over an image, folder, glob, list file or video. ``options``: see
+    """``retinadet predict``: a weights spec (an exported ``.onnx`` or OpenVINO ``.xml`` runs through its runner,
+    without torch) or a :class:`Detector`, over an image, folder, glob, list file or video. ``options``: see
     :func:`retinadet.engine.predict.predict`. Returns counts and the output folder.
 
     ``resume``: the folder of an interrupted run; it continues with the inputs not done yet, with the
@@ -182,8 +184,8 @@ def predict(weights: str | os.PathLike | Detector | None = None, source: str | o
     if isinstance(weights, (str, os.PathLike)):
         run_args = {"weights": os.fspath(weights), "source": os.fspath(source),
                     "options": {k: ("FROM_CONFIG" if v is FROM_CONFIG else v) for k, v in options.items() if k in _RESUMABLE}}
-    if isinstance(weights, (str, os.PathLike)) and os.fspath(weights).lower().endswith(".onnx"):
-        return onnx_runtime.predict_onnx(weights, source, resume=resume, run_args=run_args, **options)
+    if runners.is_exported(weights):
+        return runners.predict_runner(weights, source, resume=resume, run_args=run_args, **options)
     predict_mod.list_sources(source)  # a bad source fails before the weights are loaded
     # Under torchrun: a process group (gloo on CPU, NCCL with a GPU each), each process a share of the sources.
     info, device = distributed.setup(device)

@@ -23,6 +23,7 @@ SUBCOMMANDS = {
     "export": "retinadet.cli.export",
     "serve": "retinadet.cli.serve",
     "rank": "retinadet.cli.rank",
+    "benchmark": "retinadet.cli.benchmark",
 }
 
 

@@ -9,7 +9,7 @@ import yaml
 
 from retinadet.engine.train import train
 
-AMP_VALUES = {"off": False, "on": True, "bf16": "bf16", "fp16": "fp16"}
+AMP_VALUES = {"off": False, "on": True, "bf16": "bf16", "fp16": "fp16", "auto": "auto"}
 
 
 def _tile(ctx, param, value: str | None) -> int | str | None:
@@ -34,17 +34,25 @@ def _tile(ctx, param, value: str | None) -> int | str | None:
               help="How images of more than 8 bits (16-bit PNG/TIFF) become intensities: raw values LOW..HIGH (0,4095), "
                    "or per-image percentiles (p0.5,99.5); recorded in the checkpoint. "
                    "[default: p0.5,99.5 when the images have more than 8 bits]")
-@click.option("--epochs", type=int, default=None, help="Epochs. [default: 14]")
+@click.option("--epochs", type=int, default=None, help="Epochs. [default: 14; with --time: fitted to it, so not both]")
+@click.option("--time", "time", default=None, metavar="DURATION",
+              help="Train for this long instead of a number of epochs: 90s, 10m, 2h, 1h30m. The epochs and the lr schedule "
+                   "(which then follows elapsed time) are fitted to it from measured step and validation times, leaving "
+                   "time for the last validation and the outputs; the whole run ends within about 5% of it, and a "
+                   "--resume gets what is left. Not with --epochs (an error).")
 @click.option("--batch", type=int, default=None, help="Batch size (per process). [default: 8]")
 @click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), default=None, help="[default: adamw]")
 @click.option("--lr", type=float, default=None, help="Base learning rate. [default: 0.003 adamw, 0.01 sgd]")
 @click.option("--schedule", type=click.Choice(["cosine", "step", "constant"]), default=None,
               help="Decay after the linear warm-up, stepped per iteration. [default: cosine]")
-@click.option("--warmup-epochs", type=float, default=None, help="Linear warm-up length in epochs. [default: 1]")
+@click.option("--warmup-epochs", type=float, default=None,
+              help="Linear warm-up length in epochs; with --time the first 5% of the training time (0: none). [default: 1]")
 @click.option("--weight-decay", type=float, default=None, help="Weight decay (not on norms and biases). [default: 0.05 adamw, 1e-4 sgd]")
 @click.option("--clip-grad", type=float, default=None, help="Max gradient norm (0 = off). [default: 10]")
 @click.option("--amp", type=click.Choice(list(AMP_VALUES)), default=None, is_flag=False, flag_value="on",
-              help="Mixed precision: bf16 autocast on CPU; fp16 + GradScaler (or bf16) on CUDA.")
+              help="Mixed precision: bf16 autocast on CPU; fp16 + GradScaler (or bf16) on CUDA; auto: bf16 on a CPU with "
+                   "native bf16 (AVX512-BF16, AMX), fp32 on other CPUs (bf16 is slower there), bf16 or fp16 on CUDA. "
+                   "[default: off]")
 @click.option("--ema/--no-ema", default=None, help="Keep an exponential moving average of the weights.")
 @click.option("--set", "model_set", multiple=True, metavar="KEY=VALUE",
               help="Override a model config field, e.g. --set anchors.sizes=[16,32,64,128,256] (see `retinadet model show`).")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,10 +13,44 @@ from typing import Any
 import yaml
 
 from retinadet.errors import ConfigError, DataError
+from retinadet.utils.device import AMP_MODES
 from retinadet.utils.window import parse_window
 
 FREEZE_DEPRECATED = ("warning: --freeze is deprecated, use --trainable-layers (trainable_layers in Python and YAML); "
                      "it takes the same values")
+TIME_EXAMPLES = "such as 90s, 10m, 2h or 1h30m"
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(h|m|s)")
+_UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0}
+
+
+def parse_duration(value: str | float | int, flag: str = "--time") -> float:
+    """Seconds in ``value``: a string of hours, minutes and seconds in that order ("90s", "10m", "2h", "1h30m",
+    "1.5h"), or a number of seconds (Python and YAML). Anything else, or not more than zero, is a ConfigError."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{flag} must be a duration {TIME_EXAMPLES}, got {value!r}")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        text = str(value).strip().lower().replace(" ", "")
+        parts = _DURATION.findall(text)
+        units = [unit for _, unit in parts]
+        if not parts or "".join(n + u for n, u in parts) != text or units != sorted(set(units), key="hms".index):
+            raise ConfigError(f"{flag} must be a duration {TIME_EXAMPLES}, got '{value}'")
+        seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ConfigError(f"{flag} must be more than 0 seconds, got '{value}'")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """``seconds`` as 45s, 4m05s, 1h30m (to the second below an hour, to the minute above)."""
+    s = int(round(max(0.0, seconds)))
+    if s < 60:
+        return f"{seconds:.1f}s" if seconds < 10 else f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s" if s % 60 else f"{s // 60}m"
+    m = int(round(seconds / 60))
+    return f"{m // 60}h{m % 60:02d}m" if m % 60 else f"{m // 60}h"
 
 
 @dataclass
@@ -26,6 +62,9 @@ class TrainConfig:
     window: str | None = None
     # The defaults are the measured CPU recipe of `retinadet train` (fast preset, shapes data).
     epochs: int = 14
+    # Train for this long instead of a number of epochs ("10m", "1h30m"; seconds as a number): the epochs and the
+    # lr schedule are fitted to it from measured step and validation times. Excludes ``epochs``.
+    time: str | float | None = None
     batch: int = 8
     val_batch: int | None = None
     optimizer: str = "adamw"
@@ -36,7 +75,7 @@ class TrainConfig:
     lr_final: float = 0.05  # cosine end, as a fraction of lr
     warmup_epochs: float = 1.0
     clip_grad: float | None = 10.0
-    amp: Any = False  # False | True | "bf16" | "fp16"
+    amp: Any = False  # False | True | "bf16" | "fp16" | "auto" (bf16 where the CPU has it: utils/device.choose_amp)
     ema: bool = False
     ema_decay: float | None = None  # None: from the run length (see ema_schedule)
     # NHWC weights and activations; None: on for CPU, where oneDNN convolutions run faster in it.
@@ -103,8 +142,10 @@ class TrainConfig:
             self.window = rule.spec if rule is not None else None
         if self.trainable_layers is not None and not 0 <= self.trainable_layers <= 5:
             raise ConfigError(f"--trainable-layers (backbone stages trained) must be in 0..5, got {self.trainable_layers}")
-        if self.amp not in (False, True, "bf16", "fp16"):
-            raise ConfigError(f"--amp must be off, on, bf16 or fp16, got {self.amp!r}")
+        if self.amp not in AMP_MODES:
+            raise ConfigError(f"--amp must be off, on, bf16, fp16 or auto, got {self.amp!r}")
+        if self.time is not None:
+            parse_duration(self.time)
         if self.ema_decay is not None and not 0.0 < float(self.ema_decay) < 1.0:
             raise ConfigError(f"ema_decay must be between 0 and 1 (exclusive), got {self.ema_decay}")
         if self.max_iters is not None and self.max_iters < 1:
@@ -129,6 +170,11 @@ class TrainConfig:
     def small_epochs(self) -> int:
         """Epochs at the start that train on smaller inputs (half rounds up; the last epoch is always full size)."""
         return max(0, min(int(self.progressive * self.epochs + 0.5), self.epochs - 1))
+
+    @property
+    def time_budget(self) -> float | None:
+        """The time budget in seconds (None: the run is ``epochs`` long)."""
+        return parse_duration(self.time) if self.time is not None else None
 
     @property
     def base_lr(self) -> float:
@@ -185,4 +231,8 @@ def resolve_config(config: str | os.PathLike | None = None, **explicit: Any) -> 
     merged: dict[str, Any] = {}
     for source in sources:
         merged.update(_renamed(source))
+    if merged.get("time") is not None and merged.get("epochs") is not None:
+        # One length per run: with both, the lr schedule's end would be ambiguous.
+        raise ConfigError(f"--time {merged['time']} and --epochs {merged['epochs']} exclude each other: --time fits the "
+                          "epochs to the budget (drop epochs, from the config file too)")
     return TrainConfig.from_dict(merged)

@@ -41,6 +41,7 @@ from retinadet.model.config import PreprocessConfig
 from retinadet.model.inference import detect_batch, detect_images
 from retinadet.model.preprocess import InputBatch
 from retinadet.structures import Detections
+from retinadet.utils.device import resolve_amp
 from retinadet.utils.files import atomic_write_text, increment_run_dir, write_json
 from retinadet.utils.sentinels import FROM_CONFIG, FromConfig
 from retinadet.utils.tiling import TileOptions, TilingReport, TrainingScale, plan_tiles, shrink_warning, tile_options
@@ -378,37 +379,53 @@ def evaluate_detector(detector, data: str | os.PathLike | None = None, split: st
     pre = detector.model.cfg.preprocess.at_size(imgsz).with_window(window)
     tiling = tile_options(tile, tile_overlap, tile_merge, tile_match, tile_threshold, full_image)
     ck = detector.checkpoint or {}
-    if data is None:
-        info = ck.get("data")
-        if not isinstance(info, dict):
-            raise ConfigError("these weights record no dataset; pass --data")
-        records = eval_split(info, split)
-    else:
-        records = eval_split(data, split)
-    check_classes(detector.class_names, records)
-    if not any((~r.crowd).any() for r in records.records):
-        raise DataError(f"{records.root}: split '{records.split or 'val'}' has no ground-truth boxes; "
-                        "val measures against labelled images (predict runs on unlabelled ones)")
-    if detector.category_ids is not None and data is None:
-        records = _with_category_ids(records, detector.category_ids)
+    records = eval_records(data, split, ck.get("data"), detector.class_names, detector.category_ids)
     batch = int(batch or (ck.get("train_config") or {}).get("val_batch") or 8)
     if device is not None:
         detector.to(device)
+    amp = resolve_amp(amp, detector.device, log)  # "auto": the precision this device runs fast, said in one line
     result = evaluate(detector.model, records, batch_size=batch, workers=workers, device=detector.device, amp=amp,
                       matrix_conf=matrix_conf, progress=progress, preprocess=pre, conf=conf, iou=iou, max_det=max_det,
                       tiling=tiling, scale=TrainingScale.from_dict(ck.get("scale")), log=log)
+    return _val_outputs(result, records, getattr(detector, "path", None) or "model", rule, point, ck.get("thresholds"),
+                        matrix_conf, pre.window, save_dir, plots, project, name, exist_ok, log)
+
+
+def eval_records(data: str | os.PathLike | None, split: str | None, recorded: dict | None, class_names: Sequence[str],
+                 category_ids: Sequence[int] | None) -> DatasetRecords:
+    """The split ``val`` evaluates on: of ``data``, or without it of the dataset the weights record (``recorded``: a
+    checkpoint's data info, with its val split, carved or not), checked against the weights' classes and for boxes."""
+    if data is None:
+        if not isinstance(recorded, dict):
+            raise ConfigError("these weights record no dataset; pass --data")
+        records = eval_split(recorded, split)
+    else:
+        records = eval_split(data, split)
+    check_classes(class_names, records)
+    if not any((~r.crowd).any() for r in records.records):
+        raise DataError(f"{records.root}: split '{records.split or 'val'}' has no ground-truth boxes; "
+                        "val measures against labelled images (predict runs on unlabelled ones)")
+    if category_ids is not None and data is None:
+        records = _with_category_ids(records, category_ids)
+    return records
+
+
+def _val_outputs(result: EvalResult, records: DatasetRecords, title: str, rule: HitRule, point: OperatingPoint | None,
+                 stored_thresholds: dict | None, matrix_conf: float, window: str | None, save_dir, plots: bool,
+                 project: str, name: str | None, exist_ok: bool, log) -> dict[str, Any]:
+    """The clinical analysis, files (metrics.json, predictions, plots, report.html) and printed tables of one ``val``."""
     split_name = records.split or "val"
-    reports = clinical_analysis(result, records, split_name, rule, point, ck.get("thresholds"), matrix_conf)
+    reports = clinical_analysis(result, records, split_name, rule, point, stored_thresholds, matrix_conf)
     out = Path(save_dir) if save_dir else increment_run_dir(project, "val", name, exist_ok)
     files = write_eval_outputs(result, records, out, matrix_conf, plots)
     if plots:
         files["gallery"] = draw_worst(records, result.detections, result.extra["errors"], out / "errors_gallery.png",
-                                      records.class_names, pre.window)
+                                      records.class_names, window)
         counts = records.boxes_per_class()
         files["report"] = write_report(
             out, result.metrics(), [(k, label, result.stats[k]) for k, label in zip(STAT_NAMES, stat_labels(result.max_dets))],
             [(n, counts[n], result.per_class_ap[n], result.per_class_ap50[n]) for n in records.class_names],
-            f"retinadet val: {getattr(detector, 'path', None) or 'model'} on {split_name} ({len(records)} images)", files)
+            f"retinadet val: {title} on {split_name} ({len(records)} images)", files)
     log(f"{split_name}: {len(records)} images, {sum(records.boxes_per_class().values())} boxes")
     log(format_stats(result.stats, result.max_dets))
     log(format_per_class(result, records))
@@ -422,6 +439,83 @@ def evaluate_detector(detector, data: str | os.PathLike | None = None, split: st
         log(f"report: {files['report']}")
     log(f"results saved to {out}")
     return {**result.metrics(), "save_dir": str(out)}
+
+
+# ----------------------------------------------------------------------------- exported models
+
+
+def evaluate_runner(runner, data: str | os.PathLike | None = None, split: str | None = None, *,
+                    batch: int | None = None, conf: float | None = None, iou: float | None = None,
+                    max_det: int | None | FromConfig = FROM_CONFIG, imgsz: int | None = None, matrix_conf: float = 0.25,
+                    tile: TileOptions | int | str | None = "auto", tile_overlap: float = 0.2, tile_merge: str = "nms",
+                    tile_match: str = "iou", tile_threshold: float | None = None, full_image: bool = False,
+                    save_dir: str | os.PathLike | None = None, plots: bool = True, project: str = "runs",
+                    name: str | None = None, exist_ok: bool = False, log=print, progress: bool = False,
+                    froc_hit: str = "iou:0.5", operating_point: str | None = None, window: str | None = None) -> dict[str, Any]:
+    """``val`` of an exported model: :func:`evaluate_detector`'s metrics, analysis and files, from the detections of
+    its torch-free runner (``runner``: an :class:`~retinadet.export.runtime.ExportedDetector`, whose metadata gives
+    the classes, preprocessing, training scale, thresholds and, without ``data``, the dataset the model was trained
+    on). The options are :func:`evaluate_detector`'s; ``conf``/``iou``/``max_det`` are bounded by what the graph was
+    exported with (the runner says how to re-export)."""
+    rule = HitRule.parse(froc_hit)  # bad options fail before any inference
+    point = OperatingPoint.parse(operating_point) if operating_point else None
+    tiling = tile_options(tile, tile_overlap, tile_merge, tile_match, tile_threshold, full_image)
+    records = eval_records(data, split, runner.meta.get("data"), runner.class_names, runner.category_ids)
+    result = score_runner(runner, records, batch_size=int(batch or 8), conf=conf, iou=iou, max_det=max_det, imgsz=imgsz,
+                          tiling=tiling, window=window, matrix_conf=matrix_conf, progress=progress, log=log)
+    return _val_outputs(result, records, runner.path, rule, point, runner.meta.get("thresholds"), matrix_conf,
+                        window or runner.preprocess_cfg.get("window"), save_dir, plots, project, name, exist_ok, log)
+
+
+def score_runner(runner, data: DatasetRecords, *, batch_size: int = 8, conf: float | None = None, iou: float | None = None,
+                 max_det: int | None | FromConfig = FROM_CONFIG, imgsz: int | None = None, tiling: TileOptions | None = None,
+                 window: str | None = None, matrix_conf: float = 0.25, with_confusion: bool = True, progress: bool = False,
+                 log=None) -> EvalResult:
+    """COCO evaluation of an exported model's runner on ``data``: each image read as ``val`` reads it
+    (:func:`retinadet.data.images.read_image`, windowed by ``window`` or the model's rule), through
+    ``runner.predict`` (sliced as ``tiling`` decides from the training scale in the metadata), then
+    :func:`coco_eval` as for the torch model. Unreadable images are skipped and count as missed."""
+    runner = runner.at_size(imgsz)
+    window = window or runner.preprocess_cfg.get("window")
+    report = TilingReport(log)
+    out: dict[int, Detections] = {}
+    skipped: list[str] = []
+    step = max(1, int(batch_size))
+    bar = tqdm(total=len(data.records), desc="val (exported)", leave=False, disable=not progress)
+    for start in range(0, len(data.records), step):
+        images, kept = [], []
+        for r in data.records[start:start + step]:
+            try:
+                images.append(np.ascontiguousarray(read_image(r.path, window).permute(1, 2, 0).numpy()))
+                kept.append(r)
+            except DataError:
+                skipped.append(str(r.path))
+        found = runner.predict(images, conf=conf, iou=iou, max_det=max_det, batch_size=step, tile=tiling,
+                               report=report) if images else []
+        for r, d in zip(kept, found):
+            out[int(r.image_id)] = _from_numpy(d, str(r.path))
+        bar.update(len(data.records[start:start + step]))
+    bar.close()
+    if report.sliced and log is not None:
+        log(report.summary())
+    # COCO's cap follows the graph's, as for the torch model; a sliced run keeps every merged detection.
+    cap = runner.meta["model_config"]["inference"].get("max_det") if max_det is FROM_CONFIG else max_det
+    max_dets = coco_max_dets(out, None if report.sliced and max_det is FROM_CONFIG else cap)
+    stats, precision = coco_eval(data, out, max_dets)
+    ap, ap50 = per_class_ap(precision, data.class_names)
+    confusion = confusion_matrix(data, out, matrix_conf) if with_confusion else None
+    extra = {"skipped_images": sorted(skipped)} if skipped else {}
+    return EvalResult(stats, ap, ap50, out, precision, confusion, None, extra, max_dets)
+
+
+def _from_numpy(d, source: str) -> Detections:
+    """A runner's numpy detections as :class:`Detections` (the graph does not say which anchor found each: -1)."""
+    unknown = torch.full((len(d),), -1, dtype=torch.int64)
+    return Detections(torch.from_numpy(np.asarray(d.boxes, dtype=np.float32).reshape(-1, 4)),
+                      torch.from_numpy(np.asarray(d.scores, dtype=np.float32)),
+                      torch.from_numpy(np.asarray(d.labels, dtype=np.int64)), unknown, unknown.clone(),
+                      tuple(d.image_size), list(d.class_names), source,
+                      None if d.tiles is None else torch.from_numpy(np.asarray(d.tiles, dtype=np.int64)))
 
 
 def clinical_analysis(result: EvalResult, records: DatasetRecords, split_name: str, rule: HitRule,

@@ -23,6 +23,7 @@ from retinadet.engine.plots import draw_boxes, save_image
 from retinadet.engine.video import VideoWriter, probe_video, read_video_frames
 from retinadet.errors import DataError
 from retinadet.model.inference import detect_images
+from retinadet.utils.device import resolve_amp
 from retinadet.utils.files import increment_run_dir, write_json
 from retinadet.utils.prediction_writer import PredictionWriter, input_key
 from retinadet.utils.sentinels import FROM_CONFIG, FromConfig
@@ -137,6 +138,7 @@ def predict(detector: Any, source: str | os.PathLike, *, conf: float | None = No
         log(message)
     per_class = torch.tensor(per_class) if per_class is not None else None
     model = detector.model
+    amp = resolve_amp(amp, detector.device, log)  # "auto": the precision this device runs fast, said in one line
     pre = model.cfg.preprocess.at_size(imgsz).with_window(window)
     out = Path(resume) if resume is not None else None
     if out is None:  # one folder for every process of a sharded run, named by the first

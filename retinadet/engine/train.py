@@ -19,12 +19,22 @@ from retinadet.data.records import DatasetRecords
 from retinadet.data.tiles import TileSampling, describe_tiles, tile_size
 from retinadet.data.transforms import transform_config
 from retinadet.engine import distributed as D
-from retinadet.engine.config import TrainConfig, resolve_config
+from retinadet.engine import schedule as S
+from retinadet.engine.config import TrainConfig, format_duration, resolve_config
 from retinadet.engine.cpu_tuning import tune_cpu_process
 from retinadet.engine.datasets import train_val_splits
-from retinadet.engine.hooks import RESULT_COLUMNS, CheckpointHook, EvalHook, LoggingHook, StopHook, TrainingStopped, input_size
+from retinadet.engine.hooks import (
+    RESULT_COLUMNS,
+    CheckpointHook,
+    EvalHook,
+    LoggingHook,
+    StopHook,
+    TimeBudgetHook,
+    TrainingStopped,
+    input_size,
+)
 from retinadet.engine.loaders import TrainLoader, scaled_preprocess
-from retinadet.engine.schedule import build_scheduler
+from retinadet.engine.schedule import TimeBudget, build_scheduler, build_time_scheduler
 from retinadet.engine.train_scale import describe_scale, sliced_validation, training_scale
 from retinadet.engine.train_state import ModelEMA, TrainState, find_last
 from retinadet.engine.trainer import HookBase, Trainer
@@ -32,7 +42,7 @@ from retinadet.errors import ConfigError, DataError, RetinadetError
 from retinadet.model import ModelConfig, RetinaNet, resolve_model_config
 from retinadet.model.backbones import torchvision_classification_models
 from retinadet.model.presets import PRESETS, get_preset
-from retinadet.utils.device import resolve_device
+from retinadet.utils.device import resolve_amp, resolve_device
 from retinadet.utils.files import RunLog, atomic_write_text, increment_run_dir, write_yaml
 from retinadet.utils.tiling import TileOptions, TrainingScale
 from retinadet.utils.window import DEFAULT_WINDOW, parse_window
@@ -53,6 +63,7 @@ class TrainResult:
     interrupted: bool = False
     skipped_steps: int = 0
     stop_reason: str = ""
+    elapsed: float = 0.0  # seconds the run took, over resumes (what a time budget counts)
 
 
 @dataclass
@@ -171,14 +182,16 @@ def state_digest(model: nn.Module) -> str:
 
 def train(config: str | os.PathLike | None = None, **options: Any) -> TrainResult:
     """Train a RetinaNet; ``options`` are the CLI flags (``data``, ``epochs``, ``batch``, ...), which win
-    over a YAML ``config``. Returns where the run was written and its final metrics."""
+    over a YAML ``config``. Returns where the run was written and its final metrics. ``time="10m"`` trains to
+    that budget instead of a number of epochs (counted from this call, set-up included)."""
+    started = S.CLOCK()
     cfg, resume = _resolve(config, options)
     dist, device_spec = D.setup(cfg.device)
     try:
         device = resolve_device(device_spec)
         cpu_tuning = tune_cpu_process() if device.type == "cpu" else []
         seed_everything(cfg.seed, cfg.deterministic)
-        trainer, save_dir, log = _build(cfg, dist, device, resume, cpu_tuning)
+        trainer, save_dir, log = _build(cfg, dist, device, resume, cpu_tuning, started)
         trainer.train()
         return _result(trainer, save_dir, log)
     except torch.OutOfMemoryError as exc:
@@ -200,13 +213,17 @@ def _resolve(config: str | os.PathLike | None, options: dict[str, Any]) -> tuple
     # max_iters counts the steps of one call: the interrupted call's limit is not the resumed one's.
     cfg = TrainConfig.from_dict({**saved, "max_iters": None, **keep, "resume": str(last)})
     state = TrainState.from_dict(ck["train_state"])
-    if state.epoch >= cfg.epochs:
+    if cfg.time is not None:
+        if state.finished or state.elapsed >= cfg.time_budget:
+            raise ConfigError(f"{cfg.resume}: training already finished (time budget {format_duration(cfg.time_budget)}); "
+                              "nothing to resume")
+    elif state.epoch >= cfg.epochs:
         raise ConfigError(f"{cfg.resume}: training already finished ({cfg.epochs} epochs); nothing to resume")
     return cfg, _Resume(ck, state, last.parent.parent)
 
 
 def _build(cfg: TrainConfig, dist: D.DistInfo, device: torch.device, resume: _Resume | None,
-           cpu_tuning: list[str]) -> tuple[Trainer, Path, RunLog]:
+           cpu_tuning: list[str], started: float | None = None) -> tuple[Trainer, Path, RunLog]:
     # Inputs are checked before the run folder exists, so a bad --data or --model leaves nothing behind.
     train_data, val_data, data_info = train_val_splits(cfg.data, cfg.val_split, cfg.seed)
     check_model_spec(cfg.model)
@@ -214,11 +231,18 @@ def _build(cfg: TrainConfig, dist: D.DistInfo, device: torch.device, resume: _Re
     save_dir, log = _run_folder(cfg, dist, resume, train_data, val_data, data_info)
     model = _build_model(cfg, len(train_data.class_names), finetune, device, dist, log, train_data)
     mcfg = model.cfg
-    loader, small = _train_loader(cfg, mcfg.preprocess, train_data, dist, device)
+    state = resume.state if resume is not None else TrainState()
+    loader, small = _train_loader(cfg, mcfg.preprocess, train_data, dist, device, state)
+    # With a time budget the epochs are the plan's (TimeBudgetHook); until then the EMA spans the default length.
     total_iters = cfg.epochs * len(loader)
     warmup = max(0, min(int(round(cfg.warmup_epochs * len(loader))), total_iters - 1))
     optimizer = build_optimizer(model, cfg)
     ema = ModelEMA(model, *cfg.ema_schedule(total_iters)) if cfg.ema else None
+    budget = None
+    if cfg.time is not None:
+        budget = TimeBudget(cfg.time_budget, started=S.CLOCK() if started is None else started, spent=state.elapsed,
+                            clock=S.CLOCK, warmup=S.WARMUP_SHARE if cfg.warmup_epochs > 0 else 0.0,
+                            warmup_steps=max(1, warmup), kind=cfg.schedule, final=cfg.lr_final, shared=dist.enabled)
     val_batch = int(cfg.val_batch or cfg.batch)
 
     if dist.is_main:
@@ -226,17 +250,20 @@ def _build(cfg: TrainConfig, dist: D.DistInfo, device: torch.device, resume: _Re
                                             "data_info": {k: v for k, v in data_info.items() if k != "carved_ids"},
                                             "world_size": dist.world_size})
         world = f" x{dist.world_size}" if dist.enabled else ""
+        length = (f"time budget {format_duration(budget.seconds)}, epochs of {len(loader)} iterations" if budget is not None
+                  else f"{cfg.epochs} epochs x {len(loader)} iterations")
         log(f"train: {len(train_data)} images, val ({data_info['val_split']}): {len(val_data)} images, "
             f"{len(train_data.class_names)} classes; model {mcfg.preset}, input {mcfg.preprocess.max_size}px, "
             f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params; device {device}{world}; "
-            f"{cfg.epochs} epochs x {len(loader)} iterations; run dir {save_dir}")
+            f"{length}; run dir {save_dir}")
         if cpu_tuning:
             log(f"cpu: {', '.join(cpu_tuning)}")
         if loader.tiles is not None:
             log(describe_tiles(loader.tiles, loader.num_samples, len(train_data)))
-        if small is not None:
+        if small is not None and budget is None:  # a time budget's plan says how many epochs train small
             log(f"progressive resizing: epochs 1-{small[0]} train at {input_size(small[1])}px, "
                 f"then {input_size(mcfg.preprocess)}px; validation at {input_size(mcfg.preprocess)}px")
+    amp = resolve_amp(cfg.amp, device, log)  # "auto": the precision this device runs fast, said in one line
 
     scale = training_scale(train_data, mcfg.preprocess, transform_config(cfg.augment).scale_range,
                            tile=(cfg.tile, cfg.tile) if cfg.tile is not None else None)
@@ -244,10 +271,22 @@ def _build(cfg: TrainConfig, dist: D.DistInfo, device: torch.device, resume: _Re
         log(describe_scale(scale))
         if (line := sliced_validation(val_data, mcfg.preprocess, scale, TileOptions())) is not None:
             log(line)
-    hooks = _hooks(cfg, save_dir, log, train_data, val_data, data_info, val_batch, resume, scale)
-    trainer = Trainer(model, loader, optimizer, build_scheduler(optimizer, total_iters, warmup, cfg.schedule, cfg.lr_final),
-                      state=resume.state if resume is not None else TrainState(), max_epochs=cfg.epochs, device=device,
-                      dist=dist, amp=cfg.amp, clip_grad=cfg.clip_grad, ema=ema, hooks=hooks)
+    hooks = _hooks(cfg, save_dir, log, train_data, val_data, data_info, val_batch, resume, scale, amp)
+    if budget is not None:
+        progressive = None
+        if small is not None:
+            cost = (input_size(small[1]) / input_size(mcfg.preprocess)) ** 2  # a step's cost goes with the pixels
+            progressive = (float(cfg.progressive), cost, f"{input_size(small[1])}px")
+        val_batches = -(-len(val_data) // (val_batch * dist.world_size))
+        hooks.insert(1, TimeBudgetHook(budget, log=log, val_every=cfg.val_every, val_batches=val_batches, plots=cfg.plots,
+                                       progressive=progressive, ema_schedule=cfg.ema_schedule))
+        scheduler = build_time_scheduler(optimizer, budget)
+    else:
+        scheduler = build_scheduler(optimizer, total_iters, warmup, cfg.schedule, cfg.lr_final)
+    # A time budget's loop ends when the budget does (the plan bounds it then).
+    trainer = Trainer(model, loader, optimizer, scheduler, state=state, max_epochs=cfg.epochs if budget is None else 10**9,
+                      device=device, dist=dist, amp=amp, clip_grad=cfg.clip_grad, ema=ema, hooks=hooks, clock=S.CLOCK,
+                      started=started)
     return trainer, save_dir, log
 
 
@@ -271,14 +310,20 @@ def _run_folder(cfg: TrainConfig, dist: D.DistInfo, resume: _Resume | None, trai
 
 
 def _train_loader(cfg: TrainConfig, preprocess: Any, train_data: DatasetRecords, dist: D.DistInfo,
-                  device: torch.device) -> tuple[TrainLoader, tuple[int, Any] | None]:
+                  device: torch.device, state: TrainState | None = None) -> tuple[TrainLoader, tuple[int, Any] | None]:
     """The training batches, and (epochs, preprocess) of the progressive-resizing epochs (None: none).
     With ``cfg.tile``, batches of tiles; ``tile="auto"`` is resolved here, in ``cfg``, so that args.yaml and the
-    checkpoints record the size (and a resume restores it without the model)."""
+    checkpoints record the size (and a resume restores it without the model). With a time budget the epochs that
+    train small are the plan's (in ``state`` once planned; until then the first one)."""
     small = None
-    if cfg.small_epochs:
+    if cfg.time is None:
+        small_epochs = cfg.small_epochs
+    else:
+        planned = state.small_epochs if state is not None else -1
+        small_epochs = (planned if planned >= 0 else 1) if cfg.progressive > 0 else 0
+    if small_epochs:
         scaled = scaled_preprocess(preprocess, cfg.progressive_scale)
-        small = (cfg.small_epochs, scaled) if scaled != preprocess else None  # too small to shrink
+        small = (small_epochs, scaled) if scaled != preprocess else None  # too small to shrink
     cfg.tile = tile_size(cfg.tile, preprocess)
     tiles = TileSampling(cfg.tile, cfg.tile_negatives, cfg.tile_min_visibility) if cfg.tile is not None else None
     loader = TrainLoader(train_data, preprocess, cfg.batch, cfg.augment, cfg.workers, cfg.seed, dist.rank, dist.world_size,
@@ -306,15 +351,16 @@ def _build_model(cfg: TrainConfig, num_classes: int, finetune: dict | None, devi
 
 
 def _hooks(cfg: TrainConfig, save_dir: Path, log: RunLog, train_data: DatasetRecords, val_data: DatasetRecords,
-           data_info: dict, val_batch: int, resume: _Resume | None, scale: TrainingScale) -> list[HookBase]:
+           data_info: dict, val_batch: int, resume: _Resume | None, scale: TrainingScale, amp: Any = False) -> list[HookBase]:
     """The hooks in calling order: stopping first (a stop decided after a step is then saved by the checkpoint
-    hook in that same step), then validation, whose metrics the checkpoint and logging hooks record."""
+    hook in that same step), then validation, whose metrics the checkpoint and logging hooks record. A time
+    budget's hook goes second (_build), to decide before validation whether an epoch is the last."""
     wdir = save_dir / "weights"
     meta = {"data": data_info, "train_config": {**cfg.to_dict(), "val_batch": val_batch}, "scale": scale.to_dict()}
     return [
         StopHook(max_iters=cfg.max_iters, max_bad_steps=cfg.max_bad_steps, last=wdir / "last.pt", save_dir=save_dir, log=log),
         EvalHook(val_data, batch_size=val_batch, workers=min(cfg.workers, 2), conf=cfg.conf, every=cfg.val_every,
-                 patience=cfg.patience, amp=cfg.amp, plots=cfg.plots, save_dir=save_dir, scale=scale),
+                 patience=cfg.patience, amp=amp, plots=cfg.plots, save_dir=save_dir, scale=scale),
         CheckpointHook(wdir, class_names=list(train_data.class_names), category_ids=list(train_data.category_ids), meta=meta,
                        log=log, resume=resume.checkpoint if resume is not None else None),
         LoggingHook(save_dir, log, progress=cfg.progress, plots=cfg.plots),
@@ -333,6 +379,15 @@ def _result(trainer: Trainer, save_dir: Path, log: RunLog) -> TrainResult:
     if not trainer.interrupted:
         ap = f"; best val AP {s.best_fitness:.4f}" if s.best_fitness >= 0 else ""
         log(f"done: {s.epoch} epochs{ap}; results in {save_dir}")
+    elapsed = trainer.elapsed()
+    budget = next((h.budget for h in trainer.hooks if isinstance(h, TimeBudgetHook)), None)
+    if budget is not None:
+        b = format_duration(budget.seconds)
+        if trainer.interrupted:
+            log(f"time budget {b}: {format_duration(elapsed)} used, {format_duration(budget.seconds - elapsed)} left "
+                "for the resumed run")
+        else:
+            log(f"time budget {b}: took {format_duration(elapsed)} ({(elapsed - budget.seconds) / budget.seconds:+.1%})")
     last, best = save_dir / "weights" / "last.pt", save_dir / "weights" / "best.pt"
     return TrainResult(save_dir, last if last.is_file() else None, best if best.is_file() else None, metrics, s.best_fitness,
-                       s.epoch, trainer.interrupted, s.skipped_steps, trainer.stop_reason)
+                       s.epoch, trainer.interrupted, s.skipped_steps, trainer.stop_reason, elapsed)

@@ -35,6 +35,13 @@ class TrainState:
     loss_box_sum: float = 0.0
     loss_total_sum: float = 0.0
     epoch_time: float = 0.0  # seconds spent in the current epoch, over interruptions
+    elapsed: float = 0.0  # seconds the run has taken (set-up, training, validation), over interruptions
+    # A time-budget run's plan: its progressive-resizing epochs (-1: not planned yet), the seconds a validation
+    # takes (0: not timed yet; a resumed run's reserve starts from it), and whether it ended complete (an epoch
+    # run's end is ``epoch == epochs``).
+    small_epochs: int = -1
+    val_seconds: float = 0.0
+    finished: bool = False
 
     def record_step(self, losses: dict[str, float] | None) -> None:
         """A step's losses (``cls``, ``box``, ``total``), or None for a step skipped as non-finite."""
@@ -133,6 +140,8 @@ class ModelEMA:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.module.load_state_dict(state["model"])
         self.updates = int(state["updates"])
+        # The saved schedule: a time-budget run fits it to its plan, which a resumed call would estimate anew.
+        self.decay, self.tau = float(state.get("decay", self.decay)), float(state.get("tau", self.tau))
 
 
 def find_last(resume: str | os.PathLike) -> Path:

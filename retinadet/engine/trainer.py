@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -13,7 +13,7 @@ from torch import nn
 
 from retinadet.engine.distributed import DistInfo
 from retinadet.engine.train_state import ModelEMA, TrainState
-from retinadet.utils.device import autocast_context
+from retinadet.utils.device import autocast_context, resolve_amp
 
 
 def any_rank(flag: bool, dist: DistInfo, device: torch.device) -> bool:
@@ -23,6 +23,15 @@ def any_rank(flag: bool, dist: DistInfo, device: torch.device) -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=device if device.type == "cuda" else "cpu")
     torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
     return bool(t.item() > 0)
+
+
+def max_over_ranks(values: Sequence[float], dist: DistInfo, device: torch.device) -> list[float]:
+    """Each value's maximum over the ranks (the values themselves without DDP): one all-reduce for them all."""
+    if not dist.enabled:
+        return [float(v) for v in values]
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device if device.type == "cuda" else "cpu")
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return [float(v) for v in t.tolist()]
 
 
 class HookBase:
@@ -47,13 +56,20 @@ class HookBase:
 
 
 class TrainerBase:
-    """Epochs of ``run_step`` from ``state``'s position until ``max_epochs`` or until a hook calls ``stop``."""
+    """Epochs of ``run_step`` from ``state``'s position until ``max_epochs`` or until a hook calls ``stop`` (or
+    ``finish``). ``clock`` (seconds) times the epochs and the run; ``started``: its reading when this call began
+    (default: when ``train`` is called), so that ``state.elapsed`` counts the call's set-up too."""
 
-    def __init__(self, state: TrainState, max_epochs: int, iters_per_epoch: int, hooks: Sequence[HookBase] = ()):
+    def __init__(self, state: TrainState, max_epochs: int, iters_per_epoch: int, hooks: Sequence[HookBase] = (),
+                 clock: Callable[[], float] | None = None, started: float | None = None):
         self.state = state
         self.max_epochs, self.iters_per_epoch = int(max_epochs), int(iters_per_epoch)
+        self.epochs_text: str | None = None  # how logs show max_epochs when it is an estimate (a time budget's)
         self.metrics: dict[str, Any] = {}  # the last finished epoch's (losses, lr, time; val metrics once validated)
         self.stop_reason, self.interrupted, self.failed = "", False, False
+        self.finishing = ""  # why the current epoch is the run's last and ends after this step (see finish)
+        self.clock = clock if clock is not None else time.perf_counter
+        self.started, self._spent = started, state.elapsed
         self.hooks: list[HookBase] = []
         for hook in hooks:
             hook.trainer = self
@@ -65,25 +81,39 @@ class TrainerBase:
         if not self.stop_reason:
             self.stop_reason, self.interrupted = reason, interrupted
 
+    def finish(self, reason: str) -> None:
+        """Makes the current epoch the last and ends it after this step, short: it closes as a full one would
+        (validation, checkpoints), then the run ends, complete (a time budget's end)."""
+        if not self.stop_reason and not self.finishing:
+            self.finishing, self.max_epochs, self.epochs_text = reason, self.state.epoch + 1, None
+
+    def elapsed(self) -> float:
+        """Seconds the run has taken, over interruptions (as ``state.elapsed`` saves them)."""
+        return self._spent + self.clock() - self.started
+
     def train(self) -> None:
         state = self.state
+        if self.started is None:
+            self.started = self.clock()
         try:
             self._call("before_train")
             while state.epoch < self.max_epochs and not self.stop_reason:
                 self._call("before_epoch")
                 if self.stop_reason:
                     break
-                start = time.perf_counter() - state.epoch_time  # a resumed epoch keeps counting its time
+                start = self.clock() - state.epoch_time  # a resumed epoch keeps counting its time
                 for batch in self.batches(state.epoch, state.iteration):
                     self.run_step(batch)
                     state.iteration += 1
-                    state.epoch_time = time.perf_counter() - start
+                    state.epoch_time = self.clock() - start
                     self._call("after_step")
-                    if self.stop_reason:
+                    if self.stop_reason or self.finishing:
                         break
-                else:
+                if not self.stop_reason:  # the epoch ran out, or finish() ended it here
                     self.metrics = self.close_epoch()
                     self._call("after_epoch")
+            if self.finishing:
+                self.stop(self.finishing, interrupted=False)
         except BaseException:
             self.failed = True
             raise
@@ -92,6 +122,7 @@ class TrainerBase:
 
     def _call(self, event: str) -> None:
         for hook in self.hooks:
+            self.state.elapsed = self.elapsed()  # what a checkpoint written by this hook records
             getattr(hook, event)()
 
     def batches(self, epoch: int, start: int) -> Iterable[Any]:
@@ -113,12 +144,14 @@ class Trainer(TrainerBase):
     def __init__(self, model: nn.Module, loader: Any, optimizer: torch.optim.Optimizer,
                  scheduler: torch.optim.lr_scheduler.LRScheduler, *, state: TrainState, max_epochs: int,
                  device: torch.device, dist: DistInfo, amp: Any = False, clip_grad: float | None = None,
-                 ema: ModelEMA | None = None, hooks: Sequence[HookBase] = ()):
-        super().__init__(state, max_epochs, len(loader), hooks)
+                 ema: ModelEMA | None = None, hooks: Sequence[HookBase] = (), clock: Callable[[], float] | None = None,
+                 started: float | None = None):
+        super().__init__(state, max_epochs, len(loader), hooks, clock=clock, started=started)
         self.model, self.loader, self.optimizer, self.scheduler, self.ema = model, loader, optimizer, scheduler, ema
-        self.device, self.dist, self.amp, self.clip_grad = device, dist, amp, clip_grad
+        self.device, self.dist, self.clip_grad = device, dist, clip_grad
+        self.amp = resolve_amp(amp, device)  # False, "bf16" or "fp16" ("auto" resolved for this device)
         # fp16 needs loss scaling; bf16 has float32's range and CPU autocast is bf16.
-        self.scaler = torch.amp.GradScaler(device.type, enabled=bool(amp) and device.type == "cuda" and amp != "bf16")
+        self.scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and self.amp == "fp16")
         self.ddp = model
         if dist.enabled:
             self.ddp = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)

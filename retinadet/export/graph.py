@@ -30,6 +30,10 @@ from retinadet.model.retinanet import RetinaNet
 INPUT_NAMES = ["images", "image_sizes"]
 OUTPUT_NAMES = ["boxes", "scores", "labels", "num_dets"]
 DEFAULT_MAX_DET = 300  # output rows when the model's config keeps every detection (max_det None)
+# The modules _level_outputs calls, whose names scope the network's nodes in the exported graph ("/backbone/...",
+# "/cls_tower_2/..."); every other node is normalisation, anchors or post-processing. INT8 keeps to these.
+NETWORK_SCOPES = ("backbone", "fpn", "cls_tower", "cls_logits", "box_tower", "box_pred")
+PREDICTION_SCOPES = ("cls_logits", "box_pred")  # the convolutions whose outputs are the logits and box deltas
 
 
 def _tracing() -> bool:

@@ -86,6 +86,10 @@ def test_16bit_training_matches_its_8bit_copy_and_predicts(gray_sets):
 
     res = run_cli(["val", "--weights", str(weights16), "--project", str(base / "v"), "--name", "v16", "--no-plots"])
     assert res.exit_code == 0, res.output + repr(res.exception)
+    res = run_cli(["cam", "--weights", str(weights16), "--source", str(full), "--conf", "0.05", "--topk", "1",
+                   "--project", str(base / "c"), "--name", "c16"])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    assert list((base / "c" / "cam" / "c16").glob("*_det0_*.png"))  # the 16-bit image explained
 
     # The 8-bit model, given a 16-bit image: one line naming the file and the way out.
     res = run_cli(["predict", "--weights", str(base / "runs" / "train" / "g8" / "weights" / "best.pt"), "--source", str(full),
