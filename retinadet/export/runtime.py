@@ -92,27 +92,17 @@ def resized_size(height: int, width: int, pre: dict) -> tuple[int, int]:
 
 
 def _aa_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """Source indices [out, K], integer weights [out, K] and their precision (bits) of the antialiased
-    bilinear kernel, computed as torch's uint8 resize computes them (Pillow's algorithm: a triangle filter
-    widened by the scale, weights normalised in float64, then rounded to int16 at the largest precision
-    that keeps them in range)."""
-    scale = in_size / out_size
-    support = scale if scale >= 1.0 else 1.0
-    invscale = 1.0 / scale if scale >= 1.0 else 1.0
-    center = scale * (np.arange(out_size) + 0.5)
-    xmin = np.maximum(np.trunc(center - support + 0.5).astype(np.int64), 0)
-    xsize = np.minimum(np.trunc(center + support + 0.5).astype(np.int64), in_size) - xmin
-    k = np.arange(int(xsize.max()))
-    x = np.abs((k[None, :] + xmin[:, None] - center[:, None] + 0.5) * invscale)
-    w = np.where((k[None, :] < xsize[:, None]) & (x < 1.0), 1.0 - x, 0.0)
-    w = w / w.sum(axis=1, keepdims=True)
+    """Source indices [out, K], integer weights [out, K] and their precision (bits) of the antialiased bilinear
+    kernel, computed as torch's uint8 resize computes them: the float weights rounded to int16 at the largest
+    precision that keeps them in range."""
+    index, w = _aa_float_weights(in_size, out_size)
     w_max = float(w.max())
     precision = 0
     while precision < 22 and int(0.5 + w_max * (1 << (precision + 1))) < (1 << 15):
         precision += 1
     v = w * (1 << precision)
     weights = np.where(v < 0, np.trunc(v - 0.5), np.trunc(v + 0.5)).astype(np.int32)
-    return np.minimum(xmin[:, None] + k[None, :], in_size - 1), weights, precision
+    return index, weights, precision
 
 
 def _resize_axis(image: np.ndarray, out_size: int, axis: int) -> np.ndarray:
@@ -128,9 +118,7 @@ def _resize_axis(image: np.ndarray, out_size: int, axis: int) -> np.ndarray:
 
 def _resize_axis_float(image: np.ndarray, out_size: int, axis: int) -> np.ndarray:
     """The same pass over a float32 image (a windowed one of more than 8 bits), in float as torch's float resize."""
-    index, weights, precision = _aa_weights(image.shape[axis], out_size)
-    scale = out_size / image.shape[axis]
-    exact = _aa_float_weights(image.shape[axis], out_size) if scale != 1 else weights / float(1 << precision)
+    index, exact = _aa_float_weights(image.shape[axis], out_size)
     shape = [1, 1, 1]
     shape[axis] = out_size
     acc = np.zeros(1, dtype=np.float32)
@@ -139,8 +127,9 @@ def _resize_axis_float(image: np.ndarray, out_size: int, axis: int) -> np.ndarra
     return acc.astype(np.float32)
 
 
-def _aa_float_weights(in_size: int, out_size: int) -> np.ndarray:
-    """The antialiased bilinear kernel's weights before torch rounds them for uint8 images."""
+def _aa_float_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Source indices [out, K] and float64 weights [out, K] of the antialiased bilinear kernel (Pillow's algorithm:
+    a triangle filter widened by the scale, weights normalised), as torch's float resize uses them."""
     scale = in_size / out_size
     support = scale if scale >= 1.0 else 1.0
     invscale = 1.0 / scale if scale >= 1.0 else 1.0
@@ -150,7 +139,7 @@ def _aa_float_weights(in_size: int, out_size: int) -> np.ndarray:
     k = np.arange(int(xsize.max()))
     x = np.abs((k[None, :] + xmin[:, None] - center[:, None] + 0.5) * invscale)
     w = np.where((k[None, :] < xsize[:, None]) & (x < 1.0), 1.0 - x, 0.0)
-    return w / w.sum(axis=1, keepdims=True)
+    return np.minimum(xmin[:, None] + k[None, :], in_size - 1), w / w.sum(axis=1, keepdims=True)
 
 
 def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
