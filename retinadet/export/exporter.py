@@ -260,10 +260,16 @@ def _verify(module: ExportModule, imgsz: int | None, run, what: str, loose: bool
     with torch.no_grad():
         ref = module(images, sizes)
     got = [torch.from_numpy(v) for v in run(images.numpy(), sizes.numpy())]
-    problem = (_compare_loose(ref, got, 5e-2, 2e-3, module.score_thresh) if loose else _compare(ref, got))
+    problem = _compare(ref, got)
     if problem is not None:
-        raise ExportError(f"the exported {what} does not reproduce PyTorch at input {tuple(images.shape)} ({problem}): "
-                          f"backbone '{model.cfg.backbone.name}' likely fixed a size while tracing; use a ResNet backbone")
+        # Detections whose scores tie within float rounding may come out in either order (a deep backbone at 800 px
+        # rounds differently in another engine): paired by label, score and box, they must still agree.
+        problem = (_compare_loose(ref, got, 5e-2, 2e-3, module.score_thresh) if loose
+                   else _compare_loose(ref, got, 1e-2, 1e-4, module.score_thresh))
+    if problem is not None:
+        hint = ("" if model.cfg.backbone.name.startswith(("resnet", "timm:resnet"))
+                else f": backbone '{model.cfg.backbone.name}' likely fixed a size while tracing; try a ResNet backbone")
+        raise ExportError(f"the exported {what} does not reproduce PyTorch at input {tuple(images.shape)} ({problem}){hint}")
 
 
 def export_openvino(model: RetinaNet, path: str | os.PathLike, class_names: Sequence[str], *, category_ids=None,
