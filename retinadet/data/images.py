@@ -20,7 +20,8 @@ from PIL import Image, ImageOps
 from torchvision.io import ImageReadMode, decode_image
 
 from retinadet.errors import DataError
-from retinadet.utils.window import Window, apply_window, is_high_bit_depth, parse_window, require_window
+from retinadet.utils.samples import DEEP_PIL_MODES, is_tiff, read_tiff_samples, to_rgb
+from retinadet.utils.window import Window
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
@@ -48,61 +49,9 @@ def _to_uint8_rgb(tensor: torch.Tensor) -> torch.Tensor:
 
 def samples_to_tensor(samples: np.ndarray, path: str, window: Window | str | None, limits=None) -> torch.Tensor:
     """Decoded samples (HxW or HxWxC, any dtype) -> uint8 [3, H, W] for 8-bit ones, else float32 [3, H, W] in
-    [0, 1] through the windowing rule (an 8-bit model given more bits is refused, naming the file).
-
-    Channels: 1 is gray (repeated), 2 are two stains or fluorophores (the third channel left at zero) unless
-    8-bit gray+alpha, 3 are RGB, 4 are RGBA (alpha dropped); more are refused."""
-    if samples.ndim == 2:
-        samples = samples[..., None]
-    if samples.ndim != 3 or samples.shape[0] == 0 or samples.shape[1] == 0:
-        raise DataError(f"{path}: decoded to an unexpected shape {samples.shape}")
-    channels = samples.shape[2]
-    if channels > 4:
-        raise DataError(f"{path}: {channels} channels; images of 1 (gray), 2, 3 (RGB) or 4 (RGBA) channels are read")
-    if not is_high_bit_depth(samples):
-        return _to_uint8_rgb(torch.from_numpy(np.ascontiguousarray(samples)).permute(2, 0, 1))
-    rule = require_window(parse_window(window), path, samples.dtype, float(np.nanmax(samples[::8, ::8])))
-    values = apply_window(samples[..., :3], rule, limits)
-    if values.shape[2] == 1:
-        values = np.repeat(values, 3, axis=2)
-    elif values.shape[2] == 2:
-        values = np.concatenate([values, np.zeros_like(values[..., :1])], axis=2)
-    return torch.from_numpy(np.ascontiguousarray(values.transpose(2, 0, 1)))
-
-
-def _tiff_samples(path: Path) -> np.ndarray | None:
-    """A TIFF's first image as HxWxC samples of its own dtype, through tifffile (Pillow reads 16-bit RGB TIFFs as
-    8-bit, and multi-channel ones not at all); None when tifffile is absent or the file is a plain 8-bit one."""
-    try:
-        import tifffile
-    except ImportError:
-        return None
-    try:
-        with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
-            axes, dtype = series.axes, series.dtype
-            if dtype == np.uint8 and axes in ("YX", "YXS"):
-                return None  # Pillow reads it (and applies its orientation tag)
-            data = series.asarray(level=0) if series.levels else series.asarray()
-    except Exception as exc:  # noqa: BLE001 - tifffile raises many kinds for a bad file
-        raise DataError(f"{path}: unreadable TIFF ({str(exc) or type(exc).__name__})") from exc
-    return tiff_to_hwc(data, axes, path)
-
-
-def tiff_to_hwc(data: np.ndarray, axes: str, path: str | os.PathLike) -> np.ndarray:
-    """tifffile's array with its axes string -> HxWxC (a channel axis C/S/Q moved last; one leading plane taken)."""
-    axes = axes.upper()
-    for name in ("T", "Z"):  # time points or focal planes: the first is read
-        if name in axes and len(axes) > 2:
-            data = np.take(data, 0, axis=axes.index(name))
-            axes = axes.replace(name, "")
-    if axes == "YX":
-        return data[..., None]
-    if axes == "YXS":
-        return data
-    if len(axes) == 3 and axes.endswith("YX") and axes[0] in "CSQI":
-        return np.moveaxis(data, 0, -1)
-    raise DataError(f"{path}: TIFF axes {axes} {tuple(data.shape)}: expected gray, RGB or channels x height x width")
+    [0, 1] through the windowing rule (an 8-bit model given more bits is refused, naming the file); the channel
+    rules of :func:`retinadet.utils.samples.to_rgb`."""
+    return torch.from_numpy(to_rgb(samples, path, window, limits)).permute(2, 0, 1)
 
 
 def _decode_with_pil(path: Path, window) -> torch.Tensor:
@@ -110,9 +59,7 @@ def _decode_with_pil(path: Path, window) -> torch.Tensor:
         img = ImageOps.exif_transpose(img)
         img.load()  # raises on truncated data (Image.LOAD_TRUNCATED_IMAGES is False by default)
         mode = img.mode
-        if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-            arr = np.asarray(img).astype(np.uint16)
-        elif mode in ("I", "F"):
+        if mode in DEEP_PIL_MODES:
             arr = np.asarray(img)
         else:
             arr = np.asarray(img.convert("RGB"))
@@ -131,8 +78,8 @@ def read_image(path: str | os.PathLike, window: Window | str | None = None) -> t
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: image file not found")
-    if path.suffix.lower() in (".tif", ".tiff"):
-        samples = _tiff_samples(path)
+    if is_tiff(path):
+        samples = read_tiff_samples(path)
         if samples is not None:
             return samples_to_tensor(samples, str(path), window)
     try:
@@ -182,7 +129,7 @@ def read_image(path: str | os.PathLike, window: Window | str | None = None) -> t
 def image_bit_depth(path: str | os.PathLike) -> int:
     """Bits per sample from the file header (8 for ordinary images; 16, 32 for what needs a window)."""
     path = Path(path)
-    if path.suffix.lower() in (".tif", ".tiff"):
+    if is_tiff(path):
         try:
             import tifffile
 
@@ -192,7 +139,7 @@ def image_bit_depth(path: str | os.PathLike) -> int:
             pass
     try:
         with Image.open(path) as img:
-            return {"I;16": 16, "I;16B": 16, "I;16L": 16, "I;16N": 16, "I": 32, "F": 32}.get(img.mode, 8)
+            return 8 if img.mode not in DEEP_PIL_MODES else (16 if img.mode.startswith("I;16") else 32)
     except Exception as exc:  # noqa: BLE001
         raise DataError(f"{path}: unreadable image ({exc})") from exc
 
@@ -276,7 +223,7 @@ def to_image_tensor(source: ImageSource, window: Window | str | None = None) -> 
                 raise DataError("float numpy images must be in [0, 1]; pass uint8 for 0..255 values")
         return tensor, None
     if isinstance(source, Image.Image):
-        if source.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        if source.mode in DEEP_PIL_MODES:
             return to_image_tensor(np.asarray(source), window)
         return to_image_tensor(np.array(source.convert("RGB")))
     raise DataError(f"unsupported image type {type(source).__name__}: pass a path, PIL image, numpy array or tensor")

@@ -28,8 +28,9 @@ import numpy as np
 import torch
 
 from retinadet.errors import DataError
+from retinadet.utils.samples import to_rgb
 from retinadet.utils.sources import SLIDE_EXTENSIONS
-from retinadet.utils.window import Window, apply_window, is_high_bit_depth, parse_window, require_window, window_limits
+from retinadet.utils.window import Window, parse_window, require_window, window_limits
 
 # A tiled TIFF whose decoded pixels would take this much or more is read by region; a smaller one is decoded whole.
 REGION_BYTES = 256 * 2**20
@@ -100,17 +101,7 @@ class RegionImage:
         return resize(region, [y2 - y1, x2 - x1], antialias=True)
 
     def _as_tensor(self, samples: np.ndarray) -> torch.Tensor:
-        if samples.ndim == 2:
-            samples = samples[..., None]
-        if is_high_bit_depth(samples):
-            values = apply_window(samples[..., :3], self.window, self.limits)
-        else:
-            values = samples[..., :3]
-        if values.shape[2] == 1:
-            values = np.repeat(values, 3, axis=2)
-        elif values.shape[2] == 2:
-            values = np.concatenate([values, np.zeros_like(values[..., :1])], axis=2)
-        return torch.from_numpy(np.ascontiguousarray(values)).permute(2, 0, 1)
+        return torch.from_numpy(to_rgb(samples, str(self.path), self.window, self.limits)).permute(2, 0, 1)
 
     # -- the reader's part -------------------------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ from retinadet.utils import resize as rule
 from retinadet.utils.colors import class_colors
 from retinadet.utils.files import increment_run_dir, write_json
 from retinadet.utils.prediction_writer import PredictionWriter
+from retinadet.utils.samples import DEEP_PIL_MODES, is_tiff, read_tiff_samples, to_rgb
 from retinadet.utils.sentinels import FROM_CONFIG, FromConfig
 from retinadet.utils.sources import list_sources
 from retinadet.utils.thresholds import resolve_thresholds
@@ -46,7 +47,6 @@ from retinadet.utils.tiling import (
     plan_regions,
     tile_options,
 )
-from retinadet.utils.window import apply_window, parse_window, require_window
 
 META_PREFIX = "retinadet."
 
@@ -366,18 +366,19 @@ class ExportedDetector(ABC):
 
 
 def read_image(path: str | os.PathLike, window: str | None = None) -> np.ndarray:
-    """uint8 HxWx3 RGB with EXIF orientation applied (as :func:`retinadet.data.images.read_image`); a 16-bit gray
-    image (PNG, TIFF) as float32 in [0, 1] by the model's windowing rule ``window``, refused without one."""
+    """uint8 HxWx3 RGB with EXIF orientation applied (as :func:`retinadet.data.images.read_image`); an image of more
+    than 8 bits (PNG, TIFF; multi-channel TIFF) as float32 in [0, 1] by the model's windowing rule ``window``,
+    refused without one."""
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{p}: image file not found")
+    if is_tiff(p) and (samples := read_tiff_samples(p)) is not None:  # deep or multi-channel TIFF, as torch's path
+        return to_rgb(samples, str(p), window)
     try:
         with Image.open(p) as im:
             im = ImageOps.exif_transpose(im)
-            if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-                samples = np.asarray(im)
-                rule = require_window(parse_window(window), str(p), samples.dtype, float(samples.max(initial=0)))
-                return np.repeat(apply_window(samples, rule)[..., None], 3, axis=2)
+            if im.mode in DEEP_PIL_MODES:
+                return to_rgb(np.asarray(im), str(p), window)
             return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
     except OSError as exc:
         raise DataError(f"{p}: cannot decode image ({exc})") from exc

@@ -8,7 +8,6 @@ exports ``train/_annotations.createml.json`` with the images beside it). An entr
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retinadet.data.formats.named_boxes import ImageFinder, NamedBoxes, read_named_splits
+from retinadet.data.formats.named_boxes import ImageFinder, NamedBoxes, read_json_annotation, read_named_splits
 from retinadet.data.records import DatasetRecords, Problem
 from retinadet.errors import DataError
 
@@ -39,14 +38,8 @@ def _number(value) -> float:
 
 
 def parse_createml_file(path: Path, finder: ImageFinder, problems: list[Problem]) -> list[NamedBoxes]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as exc:
-        problems.append(Problem(str(path), f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}", "bad_annotation"))
-        return []
-    except (OSError, UnicodeDecodeError) as exc:
-        problems.append(Problem(str(path), f"cannot read: {exc}", "bad_annotation"))
+    data = read_json_annotation(path, problems)
+    if data is None:
         return []
     if not isinstance(data, list):
         problems.append(Problem(str(path), "not a CreateML file (expected a list of {image, annotations})", "bad_annotation"))

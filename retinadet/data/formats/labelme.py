@@ -12,14 +12,13 @@ not resolve. Class names are the sorted labels of all files.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from retinadet.data.formats.named_boxes import ImageFinder, NamedBoxes, read_named_splits
+from retinadet.data.formats.named_boxes import ImageFinder, NamedBoxes, read_json_annotation, read_named_splits
 from retinadet.data.records import DatasetRecords, Problem
 from retinadet.errors import DataError
 
@@ -62,14 +61,8 @@ def shape_box(shape: dict) -> tuple[list[float] | None, tuple[str, str, str] | N
 
 
 def parse_labelme_file(path: Path, finder: ImageFinder, problems: list[Problem]) -> list[NamedBoxes]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as exc:
-        problems.append(Problem(str(path), f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}", "bad_annotation"))
-        return []
-    except (OSError, UnicodeDecodeError) as exc:
-        problems.append(Problem(str(path), f"cannot read: {exc}", "bad_annotation"))
+    data = read_json_annotation(path, problems)
+    if data is None:
         return []
     if not is_labelme(data):
         problems.append(Problem(str(path), "not a LabelMe file (needs a 'shapes' list and 'imagePath')", "bad_annotation"))

@@ -11,10 +11,12 @@ machine, or only the annotation's own stem) beside the annotation file or in a s
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -44,6 +46,18 @@ class NamedBoxes:
         self.boxes.append([float(v) for v in box])
         self.crowd.append(bool(crowd))
         self.where.append(where)
+
+
+def read_json_annotation(path: Path, problems: list[Problem]) -> Any | None:
+    """A per-image annotation JSON (LabelMe, CreateML), or None with the reason recorded as a problem of ``path``."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as exc:
+        problems.append(Problem(str(path), f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}", "bad_annotation"))
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.append(Problem(str(path), f"cannot read: {exc}", "bad_annotation"))
+    return None
 
 
 def sorted_class_names(items: Iterable[NamedBoxes]) -> list[str]:
