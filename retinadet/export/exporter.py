@@ -267,9 +267,9 @@ def _verify(module: ExportModule, imgsz: int | None, run, what: str, loose: bool
         problem = (_compare_loose(ref, got, 5e-2, 2e-3, module.score_thresh) if loose
                    else _compare_loose(ref, got, 1e-2, 1e-4, module.score_thresh))
     if problem is not None:
-        hint = ("" if model.cfg.backbone.name.startswith(("resnet", "timm:resnet"))
-                else f": backbone '{model.cfg.backbone.name}' likely fixed a size while tracing; try a ResNet backbone")
-        raise ExportError(f"the exported {what} does not reproduce PyTorch at input {tuple(images.shape)} ({problem}){hint}")
+        raise ExportError(f"the exported {what} does not reproduce PyTorch at input {tuple(images.shape)} ({problem}): "
+                          f"backbone '{model.cfg.backbone.name}' likely fixed a size while tracing; use a torchvision ResNet "
+                          "backbone")
 
 
 def export_openvino(model: RetinaNet, path: str | os.PathLike, class_names: Sequence[str], *, category_ids=None,
