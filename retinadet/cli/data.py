@@ -78,7 +78,11 @@ def synth_cmd(ctx: click.Context, out: str, n, seed: int, size: int, large: bool
 @click.option("--plot", "plot", is_flag=False, flag_value="", default=None, metavar="[FILE]",
               help="Also draw class counts, box sizes, aspect ratios and anchor coverage to one PNG "
                    "[default FILE: <dataset>_check.png in the current folder]. Put it after PATH.")
-def check_cmd(path: str, model: str, imgsz, split, no_images: bool, plot: str | None) -> None:
+@click.option("--fit-anchors", is_flag=True,
+              help="Also fit the anchor ratios and scales to the boxes (k-means, then evolution) and print them as "
+                   "--set options for `retinadet train`, with the coverage before and after.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --fit-anchors.")
+def check_cmd(path: str, model: str, imgsz, split, no_images: bool, plot: str | None, fit_anchors: bool, seed: int) -> None:
     """Report statistics, problems (with files) and anchor coverage; exit 1 on errors."""
     from retinadet.data.check import check_dataset, format_report
 
@@ -87,7 +91,8 @@ def check_cmd(path: str, model: str, imgsz, split, no_images: bool, plot: str | 
         from retinadet.data.check_plot import plot_path
 
         target = plot_path(path, plot)
-    report = check_dataset(path, model=model, imgsz=imgsz, split=split, verify_images=not no_images)
+    report = check_dataset(path, model=model, imgsz=imgsz, split=split, verify_images=not no_images,
+                           fit=fit_anchors, seed=seed)
     click.echo(format_report(report))
     if target is not None:
         from retinadet.data.check_plot import plot_check

@@ -81,6 +81,9 @@ def _tile(ctx, param, value: str | None) -> int | str | None:
 @click.option("--val-split", default=None, help="Split to validate on (default val; a test split only when named).")
 @click.option("--patience", type=int, default=None, help="Stop after N validations without AP gain (0 = off).")
 @click.option("--weights", default=None, help="Start from these weights (fine-tune; class layer re-initialised if needed).")
+@click.option("--autoanchor/--no-autoanchor", default=None,
+              help="Fit the anchor ratios and scales to the training boxes when under 98% reach IoU 0.5 with their best "
+                   "anchor; recorded in the checkpoint. [default: on, off with --weights unless given]")
 @click.option("--resume", default=None, help="Resume a run folder or its last.pt.")
 @click.option("--sync-bn", is_flag=True, default=None, help="SyncBatchNorm under torchrun.")
 @click.option("--project", default=None, help="Root folder of runs. [default: runs]")

@@ -24,6 +24,7 @@ from retinadet.data.images import read_image
 from retinadet.data.records import BoxTable, DatasetRecords, ImageRecord, Problem, sanitize_boxes
 from retinadet.errors import DataError
 from retinadet.model import resolve_model_config
+from retinadet.model.anchor_fit import fit_anchors, set_overrides
 from retinadet.model.anchors import base_anchors, feature_sizes_for, level_strides
 from retinadet.model.config import AnchorConfig
 from retinadet.model.preprocess import padded_size, resized_size
@@ -58,6 +59,21 @@ class BoxColumns:
 
 
 @dataclass
+class AnchorFit:
+    """``--fit-anchors``: the shape-only coverage (``model.anchor_fit``) before and after the fit, the exact one
+    (anchors on the grid, as ``coverage_05``) with the fitted anchors, and the fitted anchors."""
+
+    anchors: AnchorConfig
+    shape_before: float
+    shape_after: float
+    exact_after: float | None
+
+    @property
+    def changed(self) -> bool:
+        return self.shape_after > self.shape_before
+
+
+@dataclass
 class CheckReport:
     path: str
     class_names: list[str]
@@ -72,6 +88,7 @@ class CheckReport:
     columns: BoxColumns | None = field(default=None, repr=False)
     anchor_sides: list[list[float]] = field(default_factory=list)  # per pyramid level, sqrt(area) at each scale
     anchor_ratios: list[float] = field(default_factory=list)  # height / width
+    anchor_fit: AnchorFit | None = None
 
     @property
     def errors(self) -> list[Problem]:
@@ -259,6 +276,16 @@ def anchor_coverage(datasets: list[DatasetRecords], model_cfg: Any) -> tuple[flo
     return float((best >= 0.5).mean()), float((best >= 0.4).mean()), int(len(best)), best
 
 
+def input_box_wh(datasets: list[DatasetRecords], preprocess: Any) -> np.ndarray:
+    """(width, height) [N, 2] of the non-crowd boxes of images of known size, in the model's input pixels."""
+    return _box_wh(_input_boxes({str(i): ds for i, ds in enumerate(datasets)}, preprocess))
+
+
+def _box_wh(boxes: _InputBoxes) -> np.ndarray:
+    use = boxes.sized & ~boxes.table.crowd
+    return (boxes.table.boxes[use, 2:] - boxes.table.boxes[use, :2]).astype(np.float64) * boxes.scale[use]
+
+
 def _coverage(boxes: _InputBoxes, anchors: AnchorConfig) -> np.ndarray:
     """Best anchor IoU per box; NaN for crowd boxes and boxes of images of unknown size."""
     best = np.full(len(boxes.table), np.nan)
@@ -269,18 +296,19 @@ def _coverage(boxes: _InputBoxes, anchors: AnchorConfig) -> np.ndarray:
 
 
 def check_dataset(path: str | os.PathLike, model: str = "fast", imgsz: int | None = None,
-                  split: str | None = None, verify_images: bool = True) -> CheckReport:
+                  split: str | None = None, verify_images: bool = True, fit: bool = False, seed: int = 0) -> CheckReport:
     """Load every split of ``path``, decode its images (unless ``verify_images=False``: then only ``os.stat`` them) and
-    report statistics, problems and anchor coverage for ``model`` at its input size."""
+    report statistics, problems and anchor coverage for ``model`` at its input size; with ``fit``, also anchors
+    fitted to the boxes (``model.anchor_fit``)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small ops: threading only adds contention on a shared CPU
     try:
-        return _check(path, model, imgsz, split, verify_images)
+        return _check(path, model, imgsz, split, verify_images, fit, seed)
     finally:
         torch.set_num_threads(threads)
 
 
-def _check(path, model, imgsz, split, verify_images) -> CheckReport:
+def _check(path, model, imgsz, split, verify_images, fit=False, seed=0) -> CheckReport:
 
     splits = load_splits(path)
     if split is not None:
@@ -330,6 +358,11 @@ def _check(path, model, imgsz, split, verify_images) -> CheckReport:
     if len(checked):
         report.coverage_05, report.coverage_04 = float((checked >= 0.5).mean()), float((checked >= 0.4).mean())
         report.boxes_checked = int(len(checked))
+    if fit and len(checked):
+        fitted, before, after = fit_anchors(_box_wh(boxes), anchor, seed=seed)
+        exact = _coverage(boxes, fitted)
+        exact = exact[np.isfinite(exact)]
+        report.anchor_fit = AnchorFit(fitted, before, after, float((exact >= 0.5).mean()))
     if report.coverage_05 is not None and report.coverage_05 < LOW_COVERAGE:
         smallest = min(anchor.sizes)
         sides = side[np.isfinite(best)]  # the boxes the coverage counts
@@ -362,6 +395,14 @@ def format_report(report: CheckReport) -> str:
                      f"({report.boxes_checked} boxes)")
     for hint in report.hints:
         lines.append(f"  hint: {hint}")
+    if (fit := report.anchor_fit) is not None:
+        lines.append(f"  fitted anchors (shape-only IoU, anchors centred on each box): IoU >= 0.5 "
+                     f"{fit.shape_before:.2%} -> {fit.shape_after:.2%}")
+        if fit.changed:
+            lines.append(f"  with them, best anchor IoU >= 0.5 on the grid: {report.coverage_05:.1%} -> {fit.exact_after:.1%}")
+            lines.append(f"  train with: {set_overrides(fit.anchors)}")
+        else:
+            lines.append("  the anchors already fit: no better ratios/scales found")
     errors = report.errors
     warnings_ = [p for p in report.problems if p.severity != "error"]
     lines.append(f"\nProblems: {len(errors)} error(s), {len(warnings_)} warning(s)")

@@ -100,6 +100,9 @@ class TrainConfig:
     val_split: str | None = None
     patience: int = 0  # epochs without val AP improvement before stopping; 0 = off
     max_bad_steps: int = 10  # consecutive non-finite losses that stop the run
+    # Fit the anchor ratios and scales to the training boxes when their anchor coverage is low (engine/train
+    # _autoanchor). None: on, except when fine-tuning from --weights; True (asked for): there too.
+    autoanchor: bool | None = None
     weights: str | None = None
     resume: str | None = None
     sync_bn: bool = False

@@ -3,6 +3,7 @@ and runs it with the loop of :mod:`retinadet.engine.trainer`."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import random
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from retinadet.data.check import anchor_coverage, input_box_wh
 from retinadet.data.images import image_bit_depth
 from retinadet.data.records import DatasetRecords
 from retinadet.data.tiles import TileSampling, describe_tiles, tile_size
@@ -40,6 +42,7 @@ from retinadet.engine.train_state import ModelEMA, TrainState, find_last
 from retinadet.engine.trainer import HookBase, Trainer
 from retinadet.errors import ConfigError, DataError, RetinadetError
 from retinadet.model import ModelConfig, RetinaNet, resolve_model_config
+from retinadet.model.anchor_fit import fit_anchors
 from retinadet.model.backbones import torchvision_classification_models
 from retinadet.model.presets import PRESETS, get_preset
 from retinadet.utils.device import resolve_amp, resolve_device
@@ -47,6 +50,8 @@ from retinadet.utils.files import RunLog, atomic_write_text, increment_run_dir, 
 from retinadet.utils.tiling import TileOptions, TrainingScale
 from retinadet.utils.window import DEFAULT_WINDOW, parse_window
 from retinadet.weights import load_checkpoint, load_for_finetune, resolve_weights
+
+AUTOANCHOR_MIN = 0.98  # exact IoU-0.5 coverage under which autoanchor fits the anchors
 
 __all__ = ["train", "TrainResult", "TrainingStopped", "RESULT_COLUMNS", "build_optimizer", "param_groups", "seed_everything",
            "state_digest", "check_model_spec"]
@@ -104,8 +109,10 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
 
 
 def _model_config(cfg: TrainConfig, num_classes: int, finetune_ckpt: dict | None,
-                  train_data: DatasetRecords | None = None) -> tuple[ModelConfig, list[str]]:
-    """The model config of a run, and notes on what was adapted for training from scratch or to the data."""
+                  train_data: DatasetRecords | None = None,
+                  resume_model: dict | None = None) -> tuple[ModelConfig, list[str]]:
+    """The model config of a run, and notes on what was adapted for training from scratch or to the data.
+    ``resume_model``: the model config of the checkpoint a run resumes, whose anchors it keeps."""
     overrides: dict[str, Any] = dict(cfg.model_overrides or {})
     if cfg.window is not None:
         overrides["preprocess.window"] = cfg.window
@@ -143,8 +150,53 @@ def _model_config(cfg: TrainConfig, num_classes: int, finetune_ckpt: dict | None
         mcfg.preset = preset
         notes.append(f"{bits}-bit images: {parse_window(DEFAULT_WINDOW).describe()} (the checkpoint records this rule; "
                      "--window LOW,HIGH for a fixed range)")
+    if resume_model is not None and isinstance(resume_model.get("anchors"), dict):
+        # The resumed weights were trained on these anchors (fitted or not): never refit them.
+        preset = mcfg.preset
+        mcfg = mcfg.replace({f"anchors.{k}": v for k, v in resume_model["anchors"].items()})
+        mcfg.preset = preset
+    elif train_data is not None:
+        mcfg, note = _autoanchor(cfg, mcfg, finetune_ckpt, train_data, overrides)
+        notes += [note] if note else []
     mcfg.preset = mcfg.preset or cfg.model
     return mcfg.validate(), notes
+
+
+def _autoanchor(cfg: TrainConfig, mcfg: ModelConfig, finetune_ckpt: dict | None, train_data: DatasetRecords,
+                overrides: dict[str, Any]) -> tuple[ModelConfig, str | None]:
+    """``autoanchor``: when the exact anchor coverage of ``data check`` (best anchor on the grid, IoU >= 0.5, at the
+    model's input size) of the training boxes is under AUTOANCHOR_MIN, the ratios and scales fitted to them
+    (``model.anchor_fit``), kept only if that exact coverage rises. Not for fine-tuning (the heads learnt other
+    anchors) or anchors set by hand, unless ``autoanchor`` is given explicitly."""
+    if cfg.autoanchor is False:
+        return mcfg, None
+    explicit = cfg.autoanchor is True
+    if finetune_ckpt is not None and not explicit:
+        return mcfg, ("autoanchor: off when fine-tuning from --weights (its heads were trained on its anchors); "
+                      "--autoanchor fits them anyway")
+    if not explicit and any(k in overrides for k in ("anchors.ratios", "anchors.scales")):
+        return mcfg, None
+    if finetune_ckpt is not None:
+        saved = (finetune_ckpt.get("model_config") or {}).get("anchors") or {}
+        count = len(saved.get("ratios", ())) * len(saved.get("scales", ()))
+        if count and count != mcfg.anchors.num_anchors:
+            return mcfg, (f"autoanchor: not applied: --weights has {count} anchors per location, this model "
+                          f"{mcfg.anchors.num_anchors}")
+    before, _, n, _ = anchor_coverage([train_data], mcfg)
+    if before is None:
+        return mcfg, None
+    if before >= AUTOANCHOR_MIN:
+        return mcfg, f"autoanchor: best anchor IoU >= 0.5 for {before:.1%} of {n} training boxes: anchors kept"
+    fitted, _, _ = fit_anchors(input_box_wh([train_data], mcfg.preprocess), mcfg.anchors,
+                               seed=cfg.seed)
+    candidate = dataclasses.replace(mcfg, anchors=fitted)
+    after = anchor_coverage([train_data], candidate)[0] if fitted is not mcfg.anchors else before
+    if after is None or after <= before:
+        return mcfg, (f"autoanchor: best anchor IoU >= 0.5 for {before:.1%} of {n} training boxes; no better "
+                      "ratios/scales found: anchors kept")
+    return candidate, (f"autoanchor: best anchor IoU >= 0.5 for {before:.1%} -> {after:.1%} of {n} training boxes "
+                       f"with ratios {fitted.ratios}, scales {fitted.scales} (recorded in the checkpoint; "
+                       "--no-autoanchor keeps the preset's)")
 
 
 def sampled_bit_depth(data: DatasetRecords, samples: int = 16) -> int:
@@ -229,7 +281,8 @@ def _build(cfg: TrainConfig, dist: D.DistInfo, device: torch.device, resume: _Re
     check_model_spec(cfg.model)
     finetune = resolve_weights(cfg.weights) if cfg.weights and resume is None else None
     save_dir, log = _run_folder(cfg, dist, resume, train_data, val_data, data_info)
-    model = _build_model(cfg, len(train_data.class_names), finetune, device, dist, log, train_data)
+    model = _build_model(cfg, len(train_data.class_names), finetune, device, dist, log, train_data,
+                         resume.checkpoint.get("model_config") if resume is not None else None)
     mcfg = model.cfg
     state = resume.state if resume is not None else TrainState()
     loader, small = _train_loader(cfg, mcfg.preprocess, train_data, dist, device, state)
@@ -332,8 +385,8 @@ def _train_loader(cfg: TrainConfig, preprocess: Any, train_data: DatasetRecords,
 
 
 def _build_model(cfg: TrainConfig, num_classes: int, finetune: dict | None, device: torch.device, dist: D.DistInfo,
-                 log: RunLog, train_data: DatasetRecords | None = None) -> RetinaNet:
-    mcfg, notes = _model_config(cfg, num_classes, finetune, train_data)
+                 log: RunLog, train_data: DatasetRecords | None = None, resume_model: dict | None = None) -> RetinaNet:
+    mcfg, notes = _model_config(cfg, num_classes, finetune, train_data, resume_model)
     for note in notes:
         log(note)
     model = RetinaNet(mcfg).to(device)

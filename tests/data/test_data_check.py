@@ -246,3 +246,29 @@ def main_cli():
     from retinadet.cli import main
 
     return main
+
+
+def test_check_fit_anchors_prints_the_gain_and_set_options(tmp_path):
+    import yaml
+
+    from retinadet.model import resolve_model_config
+
+    write_image(tmp_path / "a.jpg", 288, 288)
+    # Elongated boxes (1:5 and 5:1), which the fast preset's ratios 0.5..2 cannot reach IoU 0.5 with.
+    anns = [{"id": i + 1, "image_id": 1, "category_id": 1, "bbox": [5 + 14 * i, 10, 10, 50] if i % 2 else [10, 5 + 14 * i, 50, 10]}
+            for i in range(16)]
+    path = write_coco(tmp_path / "long.json", [{"id": 1, "file_name": "a.jpg", "width": 288, "height": 288}], anns,
+                      [{"id": 1, "name": "rod"}])
+    result = CliRunner().invoke(data_command, ["check", str(path), "--no-images", "--fit-anchors"])
+    assert result.exit_code == 0, result.output
+    fit_line = next(x for x in result.output.splitlines() if "fitted anchors" in x)
+    before, after = (float(v.rstrip("%")) for v in fit_line.rsplit(" ", 3)[-3::2])
+    assert before < 50 and after > 90, fit_line
+    grid_line = next(x for x in result.output.splitlines() if "on the grid" in x)
+    grid_before, grid_after = (float(grid_line.split()[k].rstrip("%")) for k in (-3, -1))
+    assert grid_after > grid_before + 30, grid_line  # the exact coverage (anchors on the grid) gains too
+    options = next(x for x in result.output.splitlines() if "train with:" in x).split("train with:")[1].split()
+    overrides = {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in options[1::2])}
+    assert set(overrides) == {"anchors.ratios", "anchors.scales"}
+    rebuilt = resolve_model_config("fast").replace(overrides)  # the options are valid `train --set` input
+    assert min(rebuilt.anchors.ratios) < 0.3 and max(rebuilt.anchors.ratios) > 3 and rebuilt.anchors.num_anchors == 9
