@@ -41,17 +41,15 @@ from retinadet.data.formats.labelstudio import read_labelstudio_splits
 from retinadet.data.formats.named_boxes import ImageFinder, read_named_splits
 from retinadet.data.formats.sniff import (
     PER_IMAGE_FORMATS,
-    SPLIT_ALIASES,
-    SPLIT_ORDER,
     Inventory,
     Layout,
     file_split,
     folder_split,
     json_kind,
-    normalize_split,
     sniff,
     xml_kind,
 )
+from retinadet.data.formats.splits import SPLIT_ALIASES, SPLIT_ORDER, normalize_split  # noqa: F401 - re-exported
 from retinadet.data.formats.voc import is_voc_root, parse_voc_xml, read_voc_files
 from retinadet.data.formats.yolo import parse_names, read_yolo, read_yolo_images
 from retinadet.data.images import image_size

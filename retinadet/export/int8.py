@@ -121,6 +121,7 @@ def quantize_onnx(fp32_path: str | os.PathLike, out: str | os.PathLike, batches:
     inside, excluded = network_nodes([n.name for n in proto.graph.node], str(fp32_path))
     excluded += [n for n in inside if PREDICTION_NODE.match(n)]  # their outputs would be quantized with them
     out = Path(out)
+    written = False
     try:
         with _quiet("root", "onnxruntime"):
             quantize_static(os.fspath(fp32_path), os.fspath(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
@@ -132,9 +133,10 @@ def quantize_onnx(fp32_path: str | os.PathLike, out: str | os.PathLike, batches:
             quantized.metadata_props.add(key=entry.key, value=entry.value)
         quantized.metadata_props.add(key="retinadet.quantization", value=json.dumps(info))
         onnx.save(quantized, os.fspath(out))
-    except Exception:
-        out.unlink(missing_ok=True)
-        raise
+        written = True
+    finally:
+        if not written:  # whatever failed propagates; no half-written file is left behind
+            out.unlink(missing_ok=True)
     return out
 
 
@@ -159,11 +161,14 @@ def quantize_openvino(fp32_path: str | os.PathLike, out: str | os.PathLike, batc
         quantized = nncf.quantize(model, nncf.Dataset(batches, lambda item: {"images": item[0], "image_sizes": item[1]}),
                                   subset_size=len(batches), ignored_scope=ignored, advanced_parameters=params)
     set_rt_metadata(quantized, {**props, "retinadet.quantization": json.dumps(info)})
+    saved = False
     try:
-        return save_ir(quantized, out)
-    except Exception:
-        remove_ir(out)
-        raise
+        path = save_ir(quantized, out)
+        saved = True
+        return path
+    finally:
+        if not saved:  # whatever failed propagates; no half-written IR is left behind
+            remove_ir(out)
 
 
 def quantize_gated(fp32_path: str | os.PathLike, *, data: str | os.PathLike | None = None, images: int = DEFAULT_IMAGES,

@@ -200,7 +200,7 @@ def test_cvat_predictions_reviewed_and_read_back(run, tmp_path):
 
 
 def test_onnx_runner_writes_the_same_pre_annotations(run, model, tmp_path):
-    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxruntime", reason="the ONNX runner needs onnxruntime (the onnx extra)")
     from retinadet.export.exporter import export_onnx
     from retinadet.export.onnx_runtime import main as onnx_main
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from retinadet.data.formats.splits import SPLIT_ORDER, normalize_split
 from retinadet.data.images import image_size
 from retinadet.data.records import DatasetRecords, ImageRecord, Problem, check_unique_ids, default_category_ids, sanitize_boxes
 from retinadet.errors import DataError
@@ -110,7 +111,6 @@ def _find_image(here: Path, name: str) -> Path:
 
 
 def _subset(image: ET.Element) -> str | None:
-    from retinadet.data.discover import normalize_split  # discover imports the format readers
 
     value = (image.get("subset") or "").strip()
     return normalize_split(value) if value else None
@@ -204,7 +204,6 @@ def read_cvat(path: str | os.PathLike, split: str | None = None) -> DatasetRecor
     subsets = {i: _subset(im) for i, im in images}
     recorded = sorted({s for s in subsets.values() if s})
     if split is not None and recorded:
-        from retinadet.data.discover import normalize_split
 
         key = normalize_split(split)
         if key not in recorded:
@@ -221,7 +220,6 @@ def read_cvat_splits(path: str | os.PathLike) -> dict[str, DatasetRecords]:
     recorded = {s for s in subsets.values() if s}
     if not recorded:
         return {"all": _records(path, images, names, problems, None)}
-    from retinadet.data.discover import SPLIT_ORDER
 
     for i, im in images:
         if not subsets[i]:

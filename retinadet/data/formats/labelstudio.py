@@ -40,6 +40,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 import numpy as np
 
+from retinadet.data.formats.splits import SPLIT_ORDER, normalize_split
 from retinadet.data.images import IMAGE_EXTENSIONS, image_size
 from retinadet.data.records import DatasetRecords, ImageRecord, Problem, check_unique_ids, default_category_ids, sanitize_boxes
 from retinadet.errors import DataError
@@ -247,7 +248,6 @@ def read_label_config(path: Path) -> list[str]:
 
 
 def _split_of(data: dict) -> str | None:
-    from retinadet.data.discover import normalize_split  # discover imports the format readers
 
     value = data.get(SPLIT_FIELD)
     return normalize_split(str(value)) if isinstance(value, str) and value else None
@@ -415,7 +415,6 @@ def read_labelstudio(path: str | os.PathLike, split: str | None = None) -> Datas
     path, tasks, problems = _load(path)
     recorded = sorted({t["split"] for t in tasks if t["split"]})
     if split is not None and recorded:
-        from retinadet.data.discover import normalize_split
 
         key = normalize_split(split)
         if key not in recorded:
@@ -443,7 +442,6 @@ def read_labelstudio_splits(path: str | os.PathLike) -> dict[str, DatasetRecords
     recorded = sorted({t["split"] for t in tasks if t["split"]})
     if not recorded:
         return {"all": _records(path, tasks, problems, None, _class_names_of(path, tasks))}
-    from retinadet.data.discover import SPLIT_ORDER
 
     for t in tasks:
         if not t["split"]:

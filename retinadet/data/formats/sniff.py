@@ -34,15 +34,13 @@ from retinadet.data.formats.csv_format import CLASS_FILE_NAMES, csv_kind, find_c
 from retinadet.data.formats.cvat import is_cvat_xml
 from retinadet.data.formats.labelme import is_labelme
 from retinadet.data.formats.labelstudio import is_labelstudio_export
+from retinadet.data.formats.splits import SPLIT_ALIASES, SPLIT_ORDER, normalize_split
 from retinadet.data.formats.voc import list_voc_splits, voc_split_files
 from retinadet.data.formats.yolo import is_yolo_line, parse_names, read_names_file
 from retinadet.data.images import is_image_file
 from retinadet.data.records import Problem
 from retinadet.errors import DataError
 
-SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "test": "test",
-                 "testing": "test", "trainval": "trainval"}
-SPLIT_ORDER = ("train", "val", "test", "trainval")
 # A split named inside a file's stem: instances_val2017, train_annotations, labels-test (not "latest").
 _STEM_SPLIT = re.compile(r"(?:^|[^a-z])(trainval|training|train|validation|valid|val|testing|test)(?:[^a-z]|$)")
 _DARKNET_SPLIT_FOLDER = re.compile(r"^obj_([a-z]+)_data$")  # CVAT's "YOLO 1.1": obj_train_data/
@@ -60,10 +58,6 @@ FORMAT_TITLES = {"coco": "COCO JSON", "cvat": "CVAT XML", "labelstudio": "Label 
                  "voc": "Pascal VOC", "labelme": "LabelMe JSON", "yolo": "YOLO", "tf_csv": "TF Object Detection CSV",
                  "csv": "CSV (path,x1,y1,x2,y2,class_name)"}
 NAMES_SOURCES = "classes.txt, obj.names or a yaml with names"
-
-
-def normalize_split(name: str) -> str:
-    return SPLIT_ALIASES.get(name.lower(), name)
 
 
 def folder_split(name: str) -> str | None:
