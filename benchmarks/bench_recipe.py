@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import click
+from host_load import cpu_times, steal_share
 
 
 @click.command()
@@ -29,33 +30,16 @@ def main(seeds: str, out: str) -> None:
     for seed in [int(s) for s in seeds.split(",") if s.strip()]:
         # The dataset is written before the clock starts, as `retinadet train` finds it cached after a first run.
         data = "shapes" if seed == 0 else str(ensure_shapes_dataset(ShapesConfig(seed=seed)))
-        cpu0 = _cpu_times()
+        cpu0 = cpu_times()
         t0 = time.perf_counter()
         result = retinadet.train(data=data, project=out, name=f"seed{seed}", exist_ok=True, progress=False)
         wall = time.perf_counter() - t0
-        rows.append((seed, wall, _steal_share(cpu0, _cpu_times()), result.epochs_completed, result.best_fitness,
+        rows.append((seed, wall, steal_share(cpu0, cpu_times()), result.epochs_completed, result.best_fitness,
                      _best_ap50(Path(result.save_dir))))
     click.echo("| shapes seed | wall (s) | host steal | epochs | best val AP | AP50 at best |")
     click.echo("|---|---|---|---|---|---|")
     for seed, wall, steal, epochs, ap, ap50 in rows:
         click.echo(f"| {seed} | {wall:.0f} | {steal} | {epochs} | {ap:.3f} | {ap50:.3f} |")
-
-
-def _cpu_times() -> list[int]:
-    """The aggregate CPU line of /proc/stat (jiffies), or [] where there is none."""
-    try:
-        with open("/proc/stat") as fh:
-            return [int(v) for v in fh.readline().split()[1:]]
-    except (OSError, ValueError):
-        return []
-
-
-def _steal_share(before: list[int], after: list[int]) -> str:
-    if len(before) < 8 or len(after) < 8:
-        return "n/a"
-    delta = [b - a for a, b in zip(before, after)]
-    total = sum(delta[:8])  # user nice system idle iowait irq softirq steal (guest time is inside user)
-    return f"{100 * delta[7] / total:.0f}%" if total > 0 else "n/a"
 
 
 def _best_ap50(run: Path) -> float:

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import click
+from host_load import cpu_times, steal_share
 
 # "time budget 5m reached: epoch 8 ended at iteration 31/75"
 CUT_SHORT = re.compile(r"reached: epoch (\d+) ended at iteration (\d+)/(\d+)")
@@ -40,7 +41,7 @@ def main(budgets: str, amp: str, out: str) -> None:
         name = f"time_{budget}_{amp}"
         cmd = [sys.executable, "-m", "retinadet", "train", "--time", budget, "--amp", amp, "--project", out,
                "--name", name, "--exist-ok"]
-        cpu0 = _cpu_times()
+        cpu0 = cpu_times()
         t0 = time.perf_counter()
         done = subprocess.run(cmd, capture_output=True, text=True)
         wall = time.perf_counter() - t0
@@ -52,30 +53,13 @@ def main(budgets: str, amp: str, out: str) -> None:
         epochs = float(len(results))
         if (cut := CUT_SHORT.search((run / "train.log").read_text())) is not None:
             epochs -= 1 - int(cut.group(2)) / int(cut.group(3))
-        rows.append((budget, seconds, wall, _steal_share(cpu0, _cpu_times()), epochs, aps[-1] if aps else float("nan"),
+        rows.append((budget, seconds, wall, steal_share(cpu0, cpu_times()), epochs, aps[-1] if aps else float("nan"),
                      max(aps, default=float("nan"))))
     click.echo("| budget | wall (s) | deviation | host steal | epochs | last val AP | best val AP |")
     click.echo("|---|---|---|---|---|---|---|")
     for budget, seconds, wall, steal, epochs, last, best in rows:
         click.echo(f"| {budget} | {wall:.1f} | {(wall - seconds) / seconds:+.1%} | {steal} | {epochs:.2f} | {last:.3f} | "
                    f"{best:.3f} |")
-
-
-def _cpu_times() -> list[int]:
-    """The aggregate CPU line of /proc/stat (jiffies), or [] where there is none."""
-    try:
-        with open("/proc/stat") as fh:
-            return [int(v) for v in fh.readline().split()[1:]]
-    except (OSError, ValueError):
-        return []
-
-
-def _steal_share(before: list[int], after: list[int]) -> str:
-    if len(before) < 8 or len(after) < 8:
-        return "n/a"
-    delta = [b - a for a, b in zip(before, after)]
-    total = sum(delta[:8])  # user nice system idle iowait irq softirq steal
-    return f"{100 * delta[7] / total:.0f}%" if total > 0 else "n/a"
 
 
 if __name__ == "__main__":

@@ -73,6 +73,13 @@ def _tile(ctx, param, value: str | None) -> int | str | None:
 @click.option("--tile-min-visibility", type=float, default=None,
               help="A box cut by a tile edge stays a target when this share of it is inside, else it is ignored. "
                    "[default: 0.5]")
+@click.option("--mosaic", type=float, default=None, metavar="P",
+              help="Probability that a training sample is a mosaic of four augmented images around a random centre, at "
+                   "their own scale; the last --mosaic-close share of the epochs trains without. Not with --tile. "
+                   "[default: 0 = off]")
+@click.option("--mosaic-close", type=float, default=None, metavar="F",
+              help="Share of the epochs at the end trained without mosaic, on whole images as at inference; with "
+                   "--time, none. [default: 0.15]")
 @click.option("--device", default=None, help="auto, cpu, cuda, cuda:N or mps. [default: auto]")
 @click.option("--workers", type=int, default=None, help="Data loader processes. [default: 2]")
 @click.option("--seed", type=int, default=None, help="[default: 0]")

@@ -27,6 +27,7 @@ from retinadet.model import resolve_model_config
 from retinadet.model.anchor_fit import fit_anchors, set_overrides
 from retinadet.model.anchors import base_anchors, feature_sizes_for, level_strides
 from retinadet.model.config import AnchorConfig
+from retinadet.model.input_fit import InputSizeChoice, fit_input_size
 from retinadet.model.preprocess import padded_size, resized_size
 from retinadet.utils.window import DEFAULT_WINDOW
 
@@ -89,6 +90,8 @@ class CheckReport:
     anchor_sides: list[list[float]] = field(default_factory=list)  # per pyramid level, sqrt(area) at each scale
     anchor_ratios: list[float] = field(default_factory=list)  # height / width
     anchor_fit: AnchorFit | None = None
+    # The input size `train` would fit to the training boxes (model.input_fit); None with --imgsz or without boxes.
+    input_fit: InputSizeChoice | None = None
 
     @property
     def errors(self) -> list[Problem]:
@@ -281,6 +284,13 @@ def input_box_wh(datasets: list[DatasetRecords], preprocess: Any) -> np.ndarray:
     return _box_wh(_input_boxes({str(i): ds for i, ds in enumerate(datasets)}, preprocess))
 
 
+def input_box_sides(datasets: list[DatasetRecords], preprocess: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(side, label) of the non-crowd boxes of images of known size: side = sqrt(w * h) in the model's input pixels."""
+    boxes = _input_boxes({str(i): ds for i, ds in enumerate(datasets)}, preprocess)
+    use = boxes.sized & ~boxes.table.crowd
+    return boxes.side[use], boxes.table.labels[use]
+
+
 def _box_wh(boxes: _InputBoxes) -> np.ndarray:
     use = boxes.sized & ~boxes.table.crowd
     return (boxes.table.boxes[use, 2:] - boxes.table.boxes[use, :2]).astype(np.float64) * boxes.scale[use]
@@ -363,6 +373,10 @@ def _check(path, model, imgsz, split, verify_images, fit=False, seed=0) -> Check
         exact = _coverage(boxes, fitted)
         exact = exact[np.isfinite(exact)]
         report.anchor_fit = AnchorFit(fitted, before, after, float((exact >= 0.5).mean()))
+    if not imgsz and len(checked):
+        # What `train` fits to: the training boxes (every split's where none is called train).
+        fit_on = boxes.sized & ~boxes.table.crowd & ((boxes.split == list(splits).index("train")) if "train" in splits else True)
+        report.input_fit = fit_input_size(side[fit_on], boxes.table.labels[fit_on], pre, anchor)
     if report.coverage_05 is not None and report.coverage_05 < LOW_COVERAGE:
         smallest = min(anchor.sizes)
         sides = side[np.isfinite(best)]  # the boxes the coverage counts
@@ -395,6 +409,11 @@ def format_report(report: CheckReport) -> str:
                      f"({report.boxes_checked} boxes)")
     for hint in report.hints:
         lines.append(f"  hint: {hint}")
+    if (size := report.input_fit) is not None:
+        lines.append(f"  input size fitted to the training boxes (what train picks without --imgsz): {size.size}px "
+                     f"({size.factor:.2f}x): {size.reason}")
+        if size.factor > 1:
+            lines.append(f"  the coverage above is at the preset's input: --imgsz {size.size} shows it there")
     if (fit := report.anchor_fit) is not None:
         lines.append(f"  fitted anchors (shape-only IoU, anchors centred on each box): IoU >= 0.5 "
                      f"{fit.shape_before:.2%} -> {fit.shape_after:.2%}")

@@ -92,6 +92,12 @@ class TrainConfig:
     tile: int | str | None = None
     tile_negatives: float = 0.1  # share of empty tiles
     tile_min_visibility: float = 0.5  # a box cut by a tile edge under this share inside is ignored
+    # Mosaic (retinadet.data.mosaic): the probability that a training sample is four augmented images around a
+    # random centre, at their own scale (more objects and contexts a step on a small dataset); 0: off. Not with tile.
+    mosaic: float = 0.0
+    # The share of the epochs at the end trained without mosaic, on whole images as at inference (YOLO's
+    # close_mosaic): the first ceil((1 - mosaic_close) * epochs) have it. With a time budget: every epoch has it.
+    mosaic_close: float = 0.15
     device: str = "auto"
     workers: int = 2
     seed: int = 0
@@ -167,6 +173,13 @@ class TrainConfig:
         if not 0.0 <= float(self.tile_min_visibility) <= 1.0:
             raise ConfigError(f"--tile-min-visibility (share of a cut box inside the tile) must be in [0, 1], "
                               f"got {self.tile_min_visibility}")
+        if isinstance(self.mosaic, bool) or not 0.0 <= float(self.mosaic) <= 1.0:
+            raise ConfigError(f"--mosaic (probability that a sample is a mosaic of four) must be in [0, 1], got {self.mosaic}")
+        if not 0.0 <= float(self.mosaic_close) < 1.0:
+            raise ConfigError(f"--mosaic-close (share of the last epochs without mosaic) must be in [0, 1), got {self.mosaic_close}")
+        if float(self.mosaic) > 0 and self.tile is not None:
+            raise ConfigError(f"--mosaic {self.mosaic} does not combine with --tile {self.tile}: tiles are crops already; "
+                              "drop one of them")
         return self
 
     @property

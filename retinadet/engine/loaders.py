@@ -5,7 +5,9 @@ comes from a sampler seeded with (seed, epoch), a resumed epoch skips the batche
 already trained on, and each sample's augmentation is drawn from an RNG seeded with
 (seed, epoch, index), independent of workers and of where the epoch started. Tiled training
 (:mod:`retinadet.data.tiles`) keeps this: its epoch's tiles are a function of (seed, epoch), their
-order is fixed, and each tile's window comes from the same per-index RNG as its augmentation.
+order is fixed, and each tile's window comes from the same per-index RNG as its augmentation. Mosaic
+(:mod:`retinadet.data.mosaic`) keeps it too: whether a sample is a mosaic, its three partners and its centre come
+from that RNG, and which epochs have mosaic is a function of the epoch.
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ from retinadet.data.loading import (
     LoaderCounters,
     aspect_ratio_groups,
 )
+from retinadet.data.mosaic import MosaicDataset
 from retinadet.data.records import DatasetRecords
 from retinadet.data.tiles import TileCollate, TileCounters, TileDataset, TileSampling
 from retinadet.data.transforms import build_transform
-from retinadet.errors import DataError
+from retinadet.errors import ConfigError, DataError
 
 
 class SeededDataset(Dataset):
@@ -69,6 +72,13 @@ def scaled_preprocess(preprocess: Any, scale: float) -> Any:
                                fixed_size=size(preprocess.fixed_size))
 
 
+def mosaic_epochs(epochs: int, close: float) -> int:
+    """The epochs with mosaic, the first ``ceil((1 - close) * epochs)``: the last ``close`` share trains on whole
+    images, as inference sees them (YOLO's close_mosaic). Exact in the share (no float rounding up)."""
+    epochs = int(epochs)
+    return max(0, epochs - int(math.floor(float(close) * epochs + 1e-9)))
+
+
 def _pipeline(data: DatasetRecords, augment: str, preprocess: Any,
               tiles: TileSampling | None = None) -> tuple[DetectionDataset | TileDataset, DetectionCollate]:
     """The dataset (with its augmentation and resize; of tiles with ``tiles``) and the collate that pads its batches."""
@@ -86,13 +96,23 @@ class TrainLoader:
     (progressive resizing): which inputs an epoch sees stays a function of the epoch, so resume is exact.
     With ``tiles``, an epoch is the tiles :func:`retinadet.data.tiles.epoch_tiles` samples, in its order
     (an image's tiles consecutive), sharded across ranks like the images of an untiled epoch.
+    With ``mosaic=(prob, epochs)``, epochs before ``epochs`` (every epoch: None) wrap the dataset, full-size or
+    small, in :class:`~retinadet.data.mosaic.MosaicDataset` (not with ``tiles``: a ConfigError).
     """
 
     def __init__(self, data: DatasetRecords, preprocess: Any, batch_size: int, augment: str = "default",
                  workers: int = 0, seed: int = 0, rank: int = 0, world: int = 1, pin_memory: bool = False,
-                 small: tuple[int, Any] | None = None, tiles: TileSampling | None = None):
+                 small: tuple[int, Any] | None = None, tiles: TileSampling | None = None,
+                 mosaic: tuple[float, int | None] | None = None):
         if len(data) == 0:
             raise DataError(f"{data.root}: split '{data.split}' has no images")
+        self.mosaic_prob = float(mosaic[0]) if mosaic is not None else 0.0
+        if self.mosaic_prob > 0 and tiles is not None:
+            raise ConfigError("--mosaic does not combine with --tile (tiles are crops already; drop one of them)")
+        # Epochs before this one are mosaic (None: every epoch); like small_epochs, settable after construction.
+        self.mosaic_epochs: int | None = 0
+        if self.mosaic_prob > 0:
+            self.mosaic_epochs = None if mosaic[1] is None else int(mosaic[1])
         self.tiles = tiles
         self.full = _pipeline(data, augment, preprocess, tiles)
         self.small = _pipeline(data, augment, small[1], tiles) if small is not None and small[0] > 0 else None
@@ -114,9 +134,15 @@ class TrainLoader:
         per_rank = math.ceil(self.num_samples / self.world)
         return math.ceil(per_rank / self.batch_size)
 
+    def is_mosaic(self, epoch: int) -> bool:
+        """Whether ``epoch``'s samples are mosaics (with ``mosaic_prob``)."""
+        return self.mosaic_prob > 0 and (self.mosaic_epochs is None or epoch < self.mosaic_epochs)
+
     def plan(self, epoch: int) -> tuple[Dataset, DetectionCollate, list[list[int]]]:
         """The dataset, collate and this rank's batches (indices into the dataset) of ``epoch``."""
         dataset, collate = self.small if epoch < self.small_epochs else self.full
+        if self.is_mosaic(epoch):  # never tiles (refused above)
+            dataset = MosaicDataset(dataset, self.mosaic_prob)
         if isinstance(dataset, TileDataset):
             dataset = dataset.epoch(self.seed, epoch)
             groups = [self.groups[s.image] for s in dataset.samples]

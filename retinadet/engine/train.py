@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from retinadet.data.check import anchor_coverage, input_box_wh
+from retinadet.data.check import anchor_coverage, input_box_sides, input_box_wh
 from retinadet.data.images import image_bit_depth
 from retinadet.data.records import DatasetRecords
 from retinadet.data.tiles import TileSampling, describe_tiles, tile_size
@@ -35,7 +35,7 @@ from retinadet.engine.hooks import (
     TrainingStopped,
     input_size,
 )
-from retinadet.engine.loaders import TrainLoader, scaled_preprocess
+from retinadet.engine.loaders import TrainLoader, mosaic_epochs, scaled_preprocess
 from retinadet.engine.schedule import TimeBudget, build_scheduler, build_time_scheduler
 from retinadet.engine.train_scale import describe_scale, sliced_validation, training_scale
 from retinadet.engine.train_state import ModelEMA, TrainState, find_last
@@ -44,6 +44,7 @@ from retinadet.errors import ConfigError, DataError, RetinadetError
 from retinadet.model import ModelConfig, RetinaNet, resolve_model_config
 from retinadet.model.anchor_fit import fit_anchors
 from retinadet.model.backbones import torchvision_classification_models
+from retinadet.model.input_fit import MAX_AREA, InputSizeChoice, fit_input_size
 from retinadet.model.presets import PRESETS, get_preset
 from retinadet.utils.device import resolve_amp, resolve_device
 from retinadet.utils.files import RunLog, atomic_write_text, increment_run_dir, write_yaml
@@ -52,6 +53,10 @@ from retinadet.utils.window import DEFAULT_WINDOW, parse_window
 from retinadet.weights import load_checkpoint, load_for_finetune, resolve_weights
 
 AUTOANCHOR_MIN = 0.98  # exact IoU-0.5 coverage under which autoanchor fits the anchors
+# The input may grow to input_fit.MAX_AREA times the preset's pixels to reach small objects; with --time, in
+# proportion to the budget, from 1x at half of REFERENCE_BUDGET_S to INPUT_AREA_MAX at twice it.
+INPUT_AREA_MAX = 4.0
+REFERENCE_BUDGET_S = 600.0
 
 __all__ = ["train", "TrainResult", "TrainingStopped", "RESULT_COLUMNS", "build_optimizer", "param_groups", "seed_everything",
            "state_digest", "check_model_spec"]
@@ -110,9 +115,10 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
 
 def _model_config(cfg: TrainConfig, num_classes: int, finetune_ckpt: dict | None,
                   train_data: DatasetRecords | None = None,
-                  resume_model: dict | None = None) -> tuple[ModelConfig, list[str]]:
-    """The model config of a run, and notes on what was adapted for training from scratch or to the data.
-    ``resume_model``: the model config of the checkpoint a run resumes, whose anchors it keeps."""
+                  resume_model: dict | None = None) -> tuple[ModelConfig, list[str], InputSizeChoice | None]:
+    """The model config of a run, notes on what was adapted for training from scratch or to the data, and the
+    input size fitted to the data (None: given, resumed or not fitted). ``resume_model``: the model config of the
+    checkpoint a run resumes, whose input size and anchors it keeps."""
     overrides: dict[str, Any] = dict(cfg.model_overrides or {})
     if cfg.window is not None:
         overrides["preprocess.window"] = cfg.window
@@ -150,16 +156,47 @@ def _model_config(cfg: TrainConfig, num_classes: int, finetune_ckpt: dict | None
         mcfg.preset = preset
         notes.append(f"{bits}-bit images: {parse_window(DEFAULT_WINDOW).describe()} (the checkpoint records this rule; "
                      "--window LOW,HIGH for a fixed range)")
+    size_choice = None
     if resume_model is not None and isinstance(resume_model.get("anchors"), dict):
-        # The resumed weights were trained on these anchors (fitted or not): never refit them.
+        # The resumed weights were trained at this input size and on these anchors (fitted or not): never refit them.
         preset = mcfg.preset
-        mcfg = mcfg.replace({f"anchors.{k}": v for k, v in resume_model["anchors"].items()})
+        kept = {f"anchors.{k}": v for k, v in resume_model["anchors"].items()}
+        kept.update({f"preprocess.{k}": v for k, v in (resume_model.get("preprocess") or {}).items()
+                     if k in ("min_size", "max_size", "fixed_size")})
+        mcfg = mcfg.replace(kept)
         mcfg.preset = preset
     elif train_data is not None:
+        if cfg.imgsz is None and cfg.tile is None and not any(k.startswith("preprocess.") and k.endswith("_size")
+                                                                  for k in overrides):
+            mcfg, size_choice = _fit_input_size(cfg, mcfg, train_data)
+            notes.append(f"input size {size_choice.size}px ({size_choice.factor:.2f}x the preset's): {size_choice.reason} "
+                         "(recorded in the checkpoint; --imgsz sets it)")
         mcfg, note = _autoanchor(cfg, mcfg, finetune_ckpt, train_data, overrides)
         notes += [note] if note else []
     mcfg.preset = mcfg.preset or cfg.model
-    return mcfg.validate(), notes
+    return mcfg.validate(), notes, size_choice
+
+
+def input_area_budget(cfg: TrainConfig) -> float:
+    """How many times the preset's pixels the fitted input may take: MAX_AREA, or with ``--time`` in proportion
+    to the budget (a step costs about its pixels, so a longer budget affords larger inputs at the same epochs)."""
+    if cfg.time_budget is None:
+        return MAX_AREA
+    return float(min(INPUT_AREA_MAX, max(1.0, MAX_AREA * cfg.time_budget / REFERENCE_BUDGET_S)))
+
+
+def _fit_input_size(cfg: TrainConfig, mcfg: ModelConfig, train_data: DatasetRecords) -> tuple[ModelConfig, InputSizeChoice]:
+    """The preset's resize rule scaled to the training boxes (``model.input_fit``), within the cost budget."""
+    sides, labels = input_box_sides([train_data], mcfg.preprocess)
+    choice = fit_input_size(sides, labels, mcfg.preprocess, mcfg.anchors, input_area_budget(cfg))
+    if choice.preprocess == mcfg.preprocess:
+        return mcfg, choice
+    preset = mcfg.preset
+    rule = choice.preprocess
+    mcfg = mcfg.replace({"preprocess.min_size": rule.min_size, "preprocess.max_size": rule.max_size,
+                         "preprocess.fixed_size": rule.fixed_size})
+    mcfg.preset = preset
+    return mcfg, choice
 
 
 def _autoanchor(cfg: TrainConfig, mcfg: ModelConfig, finetune_ckpt: dict | None, train_data: DatasetRecords,
@@ -281,7 +318,7 @@ def _build(cfg: TrainConfig, dist: D.DistInfo, device: torch.device, resume: _Re
     check_model_spec(cfg.model)
     finetune = resolve_weights(cfg.weights) if cfg.weights and resume is None else None
     save_dir, log = _run_folder(cfg, dist, resume, train_data, val_data, data_info)
-    model = _build_model(cfg, len(train_data.class_names), finetune, device, dist, log, train_data,
+    model, size_choice = _build_model(cfg, len(train_data.class_names), finetune, device, dist, log, train_data,
                          resume.checkpoint.get("model_config") if resume is not None else None)
     mcfg = model.cfg
     state = resume.state if resume is not None else TrainState()
@@ -324,7 +361,8 @@ def _build(cfg: TrainConfig, dist: D.DistInfo, device: torch.device, resume: _Re
         log(describe_scale(scale))
         if (line := sliced_validation(val_data, mcfg.preprocess, scale, TileOptions())) is not None:
             log(line)
-    hooks = _hooks(cfg, save_dir, log, train_data, val_data, data_info, val_batch, resume, scale, amp)
+    fitted = resume.checkpoint.get("input_fit") if resume is not None else size_choice.to_dict() if size_choice else None
+    hooks = _hooks(cfg, save_dir, log, train_data, val_data, data_info, val_batch, resume, scale, amp, fitted)
     if budget is not None:
         progressive = None
         if small is not None:
@@ -379,14 +417,18 @@ def _train_loader(cfg: TrainConfig, preprocess: Any, train_data: DatasetRecords,
         small = (small_epochs, scaled) if scaled != preprocess else None  # too small to shrink
     cfg.tile = tile_size(cfg.tile, preprocess)
     tiles = TileSampling(cfg.tile, cfg.tile_negatives, cfg.tile_min_visibility) if cfg.tile is not None else None
+    mosaic = None
+    if cfg.mosaic > 0:  # with a time budget the epoch count is not known up front: mosaic on every epoch (None)
+        mosaic = (cfg.mosaic, mosaic_epochs(cfg.epochs, cfg.mosaic_close) if cfg.time is None else None)
     loader = TrainLoader(train_data, preprocess, cfg.batch, cfg.augment, cfg.workers, cfg.seed, dist.rank, dist.world_size,
-                         pin_memory=device.type == "cuda", small=small, tiles=tiles)
+                         pin_memory=device.type == "cuda", small=small, tiles=tiles, mosaic=mosaic)
     return loader, small
 
 
 def _build_model(cfg: TrainConfig, num_classes: int, finetune: dict | None, device: torch.device, dist: D.DistInfo,
-                 log: RunLog, train_data: DatasetRecords | None = None, resume_model: dict | None = None) -> RetinaNet:
-    mcfg, notes = _model_config(cfg, num_classes, finetune, train_data, resume_model)
+                 log: RunLog, train_data: DatasetRecords | None = None,
+                 resume_model: dict | None = None) -> tuple[RetinaNet, InputSizeChoice | None]:
+    mcfg, notes, size_choice = _model_config(cfg, num_classes, finetune, train_data, resume_model)
     for note in notes:
         log(note)
     model = RetinaNet(mcfg).to(device)
@@ -400,16 +442,19 @@ def _build_model(cfg: TrainConfig, num_classes: int, finetune: dict | None, devi
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         else:
             log("--sync-bn needs CUDA (SyncBatchNorm is GPU-only); ignored on this device")
-    return model
+    return model, size_choice
 
 
 def _hooks(cfg: TrainConfig, save_dir: Path, log: RunLog, train_data: DatasetRecords, val_data: DatasetRecords,
-           data_info: dict, val_batch: int, resume: _Resume | None, scale: TrainingScale, amp: Any = False) -> list[HookBase]:
+           data_info: dict, val_batch: int, resume: _Resume | None, scale: TrainingScale, amp: Any = False,
+           input_fit: dict | None = None) -> list[HookBase]:
     """The hooks in calling order: stopping first (a stop decided after a step is then saved by the checkpoint
     hook in that same step), then validation, whose metrics the checkpoint and logging hooks record. A time
     budget's hook goes second (_build), to decide before validation whether an epoch is the last."""
     wdir = save_dir / "weights"
     meta = {"data": data_info, "train_config": {**cfg.to_dict(), "val_batch": val_batch}, "scale": scale.to_dict()}
+    if input_fit is not None:  # the input size fitted to the data, and why (model_config holds the size itself)
+        meta["input_fit"] = input_fit
     return [
         StopHook(max_iters=cfg.max_iters, max_bad_steps=cfg.max_bad_steps, last=wdir / "last.pt", save_dir=save_dir, log=log),
         EvalHook(val_data, batch_size=val_batch, workers=min(cfg.workers, 2), conf=cfg.conf, every=cfg.val_every,

@@ -96,7 +96,10 @@ class MatcherConfig:
 class LossConfig:
     alpha: float = 0.25
     gamma: float = 2.0
-    # "l1" | "smooth_l1" | "giou"
+    # "focal" | "qfl" (quality focal loss: positives' score target is their box's IoU; losses.py)
+    cls_loss: str = "focal"
+    qfl_beta: float = 2.0
+    # "l1" | "smooth_l1" | "giou" | "diou" | "ciou"
     box_loss: str = "l1"
     smooth_l1_beta: float = 1.0 / 9.0
     box_weight: float = 1.0
@@ -204,8 +207,10 @@ class ModelConfig:
             raise ConfigError(f"fpn.p6_input must be 'p5' or 'c5', got '{self.fpn.p6_input}'")
         if self.anchors.stride_mode not in ("nominal", "floor_div"):
             raise ConfigError(f"anchors.stride_mode must be 'nominal' or 'floor_div', got '{self.anchors.stride_mode}'")
-        if self.loss.box_loss not in ("l1", "smooth_l1", "giou"):
-            raise ConfigError(f"loss.box_loss must be l1, smooth_l1 or giou, got '{self.loss.box_loss}'")
+        if self.loss.box_loss not in ("l1", "smooth_l1", "giou", "diou", "ciou"):
+            raise ConfigError(f"loss.box_loss must be l1, smooth_l1, giou, diou or ciou, got '{self.loss.box_loss}'")
+        if self.loss.cls_loss not in ("focal", "qfl"):
+            raise ConfigError(f"loss.cls_loss must be focal or qfl, got '{self.loss.cls_loss}'")
         if self.loss.normalize not in ("per_image", "batch"):
             raise ConfigError(f"loss.normalize must be 'per_image' or 'batch', got '{self.loss.normalize}'")
         if self.backbone.norm not in ("frozen_bn", "bn", "gn", "syncbn"):

@@ -272,3 +272,17 @@ def test_check_fit_anchors_prints_the_gain_and_set_options(tmp_path):
     assert set(overrides) == {"anchors.ratios", "anchors.scales"}
     rebuilt = resolve_model_config("fast").replace(overrides)  # the options are valid `train --set` input
     assert min(rebuilt.anchors.ratios) < 0.3 and max(rebuilt.anchors.ratios) > 3 and rebuilt.anchors.num_anchors == 9
+
+
+def test_the_report_gives_the_input_size_train_would_fit(tmp_path):
+    from retinadet.data.check import check_dataset, format_report
+    from retinadet.data.synthetic import ShapesConfig, write_shapes_dataset
+
+    write_shapes_dataset(tmp_path / "small", ShapesConfig(num_train=4, num_val=2, num_test=0, size=640, seed=1,
+                                                         min_object=8, max_object_frac=0.05), workers=1)
+    report = check_dataset(tmp_path / "small", verify_images=False)
+    assert report.input_fit is not None and report.input_fit.size == 416
+    text = format_report(report)
+    assert "input size fitted to the training boxes (what train picks without --imgsz): 416px" in text
+    assert "--imgsz 416 shows it there" in text
+    assert check_dataset(tmp_path / "small", imgsz=416, verify_images=False).input_fit is None

@@ -41,24 +41,24 @@ def test_the_decision_rules(tiny_data):
     train_data = train_val_splits(str(tiny_data), None, 0)[0]
     preset = resolve_model_config("fast")
     weights = {"model_config": preset.to_dict()}
-    fitted, notes = _model_config(TrainConfig(data=str(tiny_data), imgsz=64), 3, None, train_data)
+    fitted, notes, _ = _model_config(TrainConfig(data=str(tiny_data), imgsz=64), 3, None, train_data)
     assert fitted.anchors.ratios != preset.anchors.ratios and notes[-1].startswith("autoanchor:")
     # Off: the preset's anchors, no line.
-    off, notes = _model_config(TrainConfig(data=str(tiny_data), imgsz=64, autoanchor=False), 3, None, train_data)
+    off, notes, _ = _model_config(TrainConfig(data=str(tiny_data), imgsz=64, autoanchor=False), 3, None, train_data)
     assert off.anchors == preset.anchors and not any("autoanchor" in n for n in notes)
     # Fine-tuning: kept by default, fitted when asked explicitly.
-    kept, notes = _model_config(TrainConfig(data=str(tiny_data), imgsz=64), 3, weights, train_data)
+    kept, notes, _ = _model_config(TrainConfig(data=str(tiny_data), imgsz=64), 3, weights, train_data)
     assert kept.anchors == preset.anchors and any("off when fine-tuning" in n for n in notes)
-    asked, _ = _model_config(TrainConfig(data=str(tiny_data), imgsz=64, autoanchor=True), 3, weights, train_data)
+    asked, _, _ = _model_config(TrainConfig(data=str(tiny_data), imgsz=64, autoanchor=True), 3, weights, train_data)
     assert asked.anchors == fitted.anchors
     # Asked, but the weights' heads have another anchor count: not applied.
     other = preset.replace({"anchors.ratios": [1.0]}).to_dict()
-    mismatch, notes = _model_config(TrainConfig(data=str(tiny_data), model="fast", imgsz=64, autoanchor=True), 3,
+    mismatch, notes, _ = _model_config(TrainConfig(data=str(tiny_data), model="fast", imgsz=64, autoanchor=True), 3,
                                     {"model_config": other}, train_data)
     assert mismatch.anchors == preset.anchors and any("anchors per location" in n for n in notes)
     # Resumed: the checkpoint's anchors, whatever a fit would give now.
-    resumed, _ = _model_config(TrainConfig(data=str(tiny_data), imgsz=64), 3, None, train_data, preset.to_dict())
+    resumed, _, _ = _model_config(TrainConfig(data=str(tiny_data), imgsz=64), 3, None, train_data, preset.to_dict())
     assert resumed.anchors == preset.anchors
     # Covered at the full input size: kept, with the coverage in the line.
-    full, notes = _model_config(TrainConfig(data=str(tiny_data)), 3, None, train_data)
+    full, notes, _ = _model_config(TrainConfig(data=str(tiny_data)), 3, None, train_data)
     assert full.anchors == preset.anchors and any("anchors kept" in n for n in notes)

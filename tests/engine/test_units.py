@@ -219,14 +219,14 @@ def test_presets_for_imagenet_backbones_train_everything_from_scratch():
     from retinadet.engine.config import TrainConfig
     from retinadet.engine.train import _model_config
 
-    mcfg, notes = _model_config(TrainConfig(model="retinanet_resnet50_fpn"), 3, None)
+    mcfg, notes, _ = _model_config(TrainConfig(model="retinanet_resnet50_fpn"), 3, None)
     assert (mcfg.backbone.norm, mcfg.backbone.trainable_layers) == ("bn", 5)
     assert notes and "from scratch" in notes[0] and mcfg.preset == "retinanet_resnet50_fpn"
     assert "pass --trainable-layers or --set backbone.norm=" in notes[0]
-    kept, _ = _model_config(TrainConfig(model="retinanet_resnet50_fpn", trainable_layers=3,
+    kept, _, _ = _model_config(TrainConfig(model="retinanet_resnet50_fpn", trainable_layers=3,
                                         model_overrides={"backbone.norm": "frozen_bn"}), 3, None)
     assert (kept.backbone.norm, kept.backbone.trainable_layers) == ("frozen_bn", 3)
-    pretrained, notes = _model_config(TrainConfig(model="retinanet_resnet50_fpn",
+    pretrained, notes, _ = _model_config(TrainConfig(model="retinanet_resnet50_fpn",
                                                   model_overrides={"backbone.weights": "DEFAULT"}), 3, None)
     assert (pretrained.backbone.norm, pretrained.backbone.trainable_layers, notes) == ("frozen_bn", 3, [])
     assert _model_config(TrainConfig(), 3, None)[1] == []

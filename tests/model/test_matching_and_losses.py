@@ -141,3 +141,66 @@ def test_unknown_matcher_kind_is_a_config_error():
     with pytest.raises(ConfigError, match="matcher.kind must be 'iou' or 'atss', got 'atts'"):
         get_preset("fast", {"matcher.kind": "atts"})
     assert get_preset("fast", {"matcher.kind": "atss"}).matcher.kind == "atss"
+
+
+def _one_positive(target_box):
+    """One image, one object at anchor 0 whose deltas are zero, so the decoded box is anchor 0 itself."""
+    anchors = torch.tensor([[0.0, 0.0, 10.0, 10.0], [40.0, 40.0, 60.0, 60.0]])
+    gt = torch.tensor([[target_box]])
+    matched = torch.tensor([[0, BACKGROUND]])
+    return anchors, gt, torch.tensor([[1]]), matched
+
+
+def test_quality_focal_loss_is_focal_loss_at_hard_targets():
+    from torchvision.ops import sigmoid_focal_loss
+
+    from retinadet.model.losses import quality_focal_loss
+
+    logits = torch.linspace(-4, 4, 17)
+    for hard in (0.0, 1.0):
+        target = torch.full_like(logits, hard)
+        # With alpha off and beta = gamma = 2, QFL at a 0/1 target is the focal loss.
+        torch.testing.assert_close(quality_focal_loss(logits, target, 2.0),
+                                   sigmoid_focal_loss(logits, target, alpha=-1, gamma=2.0, reduction="none"))
+
+
+def test_qfl_trains_a_positive_score_towards_its_box_iou():
+    # The decoded box (anchor 0, 10x10) against an object of 10x20: IoU 0.5, so the class score's loss is
+    # smallest at sigmoid 0.5 (logit 0): zero gradient there, and a push up from below, down from above.
+    anchors, gt, labels, matched = _one_positive([0.0, 0.0, 10.0, 20.0])
+    cfg = LossConfig(cls_loss="qfl", box_loss="giou", normalize="batch")
+    grads = []
+    for value in (-2.0, 0.0, 2.0):
+        logits = torch.full((1, 2, 2), -9.0)
+        logits[0, 0, 1] = value
+        logits.requires_grad_(True)
+        detection_losses(logits, torch.zeros(1, 2, 4), anchors, matched, gt, labels, BoxCoder(), cfg)["cls"].backward()
+        grads.append(float(logits.grad[0, 0, 1]))
+    assert grads[0] < -1e-3 and abs(grads[1]) < 1e-6 and grads[2] > 1e-3
+    # Focal loss instead pushes the same score up at every value (its target is 1).
+    logits = torch.zeros(1, 2, 2, requires_grad=True)
+    detection_losses(logits, torch.zeros(1, 2, 4), anchors, matched, gt, labels, BoxCoder(), LossConfig())["cls"].backward()
+    assert float(logits.grad[0, 0, 1]) < -1e-3
+
+
+def test_iou_box_losses_are_zero_for_a_perfect_box_and_rank_worse_boxes():
+    def box_loss_for(target, cfg):
+        anchors, gt, labels, matched = _one_positive(target)
+        return float(detection_losses(torch.zeros(1, 2, 2), torch.zeros(1, 2, 4), anchors, matched, gt, labels,
+                                      BoxCoder(), cfg)["box"])
+
+    for name in ("giou", "diou", "ciou"):
+        losses = [box_loss_for(box, LossConfig(box_loss=name))
+                  for box in ([0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 14.0], [3.0, 3.0, 13.0, 17.0])]
+        assert losses[0] < 1e-6 < losses[1] < losses[2], (name, losses)
+
+
+def test_unknown_loss_names_are_config_errors():
+    import pytest
+
+    from retinadet.errors import ConfigError
+    from retinadet.model.presets import get_preset
+
+    for key, value in (("loss.cls_loss", "softmax"), ("loss.box_loss", "eiou")):
+        with pytest.raises(ConfigError, match=key.split(".")[1]):
+            get_preset("fast", {key: value})
