@@ -34,7 +34,9 @@ def _tile(ctx, param, value: str | None) -> int | str | None:
               help="How images of more than 8 bits (16-bit PNG/TIFF) become intensities: raw values LOW..HIGH (0,4095), "
                    "or per-image percentiles (p0.5,99.5); recorded in the checkpoint. "
                    "[default: p0.5,99.5 when the images have more than 8 bits]")
-@click.option("--epochs", type=int, default=None, help="Epochs. [default: 14; with --time: fitted to it, so not both]")
+@click.option("--epochs", type=int, default=None,
+              help="Epochs. [default: about 1820 optimizer steps: 70 epochs of 205 images at batch 8, 24 of 600, "
+                   "at least 14; with --time: fitted to it, so not both]")
 @click.option("--time", "time", default=None, metavar="DURATION",
               help="Train for this long instead of a number of epochs: 90s, 10m, 2h, 1h30m. The epochs and the lr schedule "
                    "(which then follows elapsed time) are fitted to it from measured step and validation times, leaving "
@@ -53,7 +55,8 @@ def _tile(ctx, param, value: str | None) -> int | str | None:
               help="Mixed precision: bf16 autocast on CPU; fp16 + GradScaler (or bf16) on CUDA; auto: bf16 on a CPU with "
                    "native bf16 (AVX512-BF16, AMX), fp32 on other CPUs (bf16 is slower there), bf16 or fp16 on CUDA. "
                    "[default: off]")
-@click.option("--ema/--no-ema", default=None, help="Keep an exponential moving average of the weights.")
+@click.option("--ema/--no-ema", default=None, help="Keep an exponential moving average of the weights (validated and saved as best.pt). "
+                   "[default: on]")
 @click.option("--set", "model_set", multiple=True, metavar="KEY=VALUE",
               help="Override a model config field, e.g. --set anchors.sizes=[16,32,64,128,256] (see `retinadet model show`).")
 @click.option("--channels-last/--no-channels-last", default=None,
@@ -75,8 +78,8 @@ def _tile(ctx, param, value: str | None) -> int | str | None:
                    "[default: 0.5]")
 @click.option("--mosaic", type=float, default=None, metavar="P",
               help="Probability that a training sample is a mosaic of four augmented images around a random centre, at "
-                   "their own scale; the last --mosaic-close share of the epochs trains without. Not with --tile. "
-                   "[default: 0 = off]")
+                   "their own scale; the last --mosaic-close share of the epochs trains without. Not with --tile; 0: off. "
+                   "[default: 0.5, 0 with --tile]")
 @click.option("--mosaic-close", type=float, default=None, metavar="F",
               help="Share of the epochs at the end trained without mosaic, on whole images as at inference; with "
                    "--time, none. [default: 0.15]")

@@ -19,6 +19,7 @@ from retinadet.utils.window import parse_window
 FREEZE_DEPRECATED = ("warning: --freeze is deprecated, use --trainable-layers (trainable_layers in Python and YAML); "
                      "it takes the same values")
 TIME_EXAMPLES = "such as 90s, 10m, 2h or 1h30m"
+DEFAULT_MOSAIC = 0.5  # measured on BCCD (docs/own_data.md)
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(h|m|s)")
 _UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0}
 
@@ -60,8 +61,9 @@ class TrainConfig:
     imgsz: int | None = None
     # The windowing rule of images of more than 8 bits (retinadet.utils.window); None: chosen from the data.
     window: str | None = None
-    # The defaults are the measured CPU recipe of `retinadet train` (fast preset, shapes data).
-    epochs: int = 14
+    # The defaults are the measured CPU recipe of `retinadet train` (fast preset) on shapes, BCCD and the sets of
+    # benchmarks/bench_own_data.py. None: recipe_epochs() of the training set's size.
+    epochs: int | None = None
     # Train for this long instead of a number of epochs ("10m", "1h30m"; seconds as a number): the epochs and the
     # lr schedule are fitted to it from measured step and validation times. Excludes ``epochs``.
     time: str | float | None = None
@@ -76,7 +78,7 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     clip_grad: float | None = 10.0
     amp: Any = False  # False | True | "bf16" | "fp16" | "auto" (bf16 where the CPU has it: utils/device.choose_amp)
-    ema: bool = False
+    ema: bool = True  # measured: +0.011 test AP on BCCD (docs/own_data.md)
     ema_decay: float | None = None  # None: from the run length (see ema_schedule)
     # NHWC weights and activations; None: on for CPU, where oneDNN convolutions run faster in it.
     channels_last: bool | None = None
@@ -94,7 +96,8 @@ class TrainConfig:
     tile_min_visibility: float = 0.5  # a box cut by a tile edge under this share inside is ignored
     # Mosaic (retinadet.data.mosaic): the probability that a training sample is four augmented images around a
     # random centre, at their own scale (more objects and contexts a step on a small dataset); 0: off. Not with tile.
-    mosaic: float = 0.0
+    # None: DEFAULT_MOSAIC, or 0 with tile (see mosaic_prob).
+    mosaic: float | None = None
     # The share of the epochs at the end trained without mosaic, on whole images as at inference (YOLO's
     # close_mosaic): the first ceil((1 - mosaic_close) * epochs) have it. With a time budget: every epoch has it.
     mosaic_close: float = 0.15
@@ -137,7 +140,7 @@ class TrainConfig:
             raise ConfigError(f"--optimizer must be sgd or adamw, got '{self.optimizer}'")
         if self.schedule not in ("cosine", "step", "constant"):
             raise ConfigError(f"schedule must be cosine, step or constant, got '{self.schedule}'")
-        if self.epochs < 1:
+        if self.epochs is not None and self.epochs < 1:
             raise ConfigError(f"--epochs must be >= 1, got {self.epochs}")
         if self.batch < 1:
             raise ConfigError(f"--batch must be >= 1, got {self.batch}")
@@ -173,18 +176,27 @@ class TrainConfig:
         if not 0.0 <= float(self.tile_min_visibility) <= 1.0:
             raise ConfigError(f"--tile-min-visibility (share of a cut box inside the tile) must be in [0, 1], "
                               f"got {self.tile_min_visibility}")
-        if isinstance(self.mosaic, bool) or not 0.0 <= float(self.mosaic) <= 1.0:
+        if self.mosaic is not None and (isinstance(self.mosaic, bool) or not 0.0 <= float(self.mosaic) <= 1.0):
             raise ConfigError(f"--mosaic (probability that a sample is a mosaic of four) must be in [0, 1], got {self.mosaic}")
         if not 0.0 <= float(self.mosaic_close) < 1.0:
             raise ConfigError(f"--mosaic-close (share of the last epochs without mosaic) must be in [0, 1), got {self.mosaic_close}")
-        if float(self.mosaic) > 0 and self.tile is not None:
+        if self.mosaic is not None and float(self.mosaic) > 0 and self.tile is not None:
             raise ConfigError(f"--mosaic {self.mosaic} does not combine with --tile {self.tile}: tiles are crops already; "
                               "drop one of them")
         return self
 
     @property
+    def mosaic_prob(self) -> float:
+        """The mosaic probability of the run: ``mosaic``, or by default DEFAULT_MOSAIC (0 for tiled training)."""
+        if self.mosaic is not None:
+            return float(self.mosaic)
+        return 0.0 if self.tile is not None else DEFAULT_MOSAIC
+
+    @property
     def small_epochs(self) -> int:
         """Epochs at the start that train on smaller inputs (half rounds up; the last epoch is always full size)."""
+        if self.epochs is None:
+            raise ConfigError("the run's epochs are not resolved yet (recipe_epochs)")
         return max(0, min(int(self.progressive * self.epochs + 0.5), self.epochs - 1))
 
     @property
@@ -210,6 +222,18 @@ class TrainConfig:
         if self.weight_decay is not None:
             return float(self.weight_decay)
         return 1e-4 if self.optimizer == "sgd" else 0.05
+
+
+# A detector trained from scratch needs a number of optimizer steps more than of passes over its data, so the
+# default length is in steps: a few hundred images get many epochs, thousands get few (never under MIN_EPOCHS).
+RECIPE_STEPS = 1820  # 70 epochs of BCCD's 205 training images in batches of 8 (docs/own_data.md)
+MIN_EPOCHS, MAX_EPOCHS = 14, 100
+
+
+def recipe_epochs(steps_per_epoch: int) -> int:
+    """The default number of epochs for epochs of ``steps_per_epoch`` optimizer steps: about RECIPE_STEPS steps in
+    all, within [MIN_EPOCHS, MAX_EPOCHS]."""
+    return int(min(MAX_EPOCHS, max(MIN_EPOCHS, round(RECIPE_STEPS / max(1, int(steps_per_epoch))))))
 
 
 def read_config_file(path: str | os.PathLike) -> dict[str, Any]:

@@ -203,7 +203,7 @@ def error_gallery(rows: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor,
         canvas = Image.new("RGB", (pil.width, pil.height + 18), "white")
         canvas.paste(pil, (0, 18))
         ImageDraw.Draw(canvas).text((4, 3), caption, fill=(0, 0, 0))
-        strips.append(torch.from_numpy(np.asarray(canvas)).permute(2, 0, 1))
+        strips.append(torch.from_numpy(np.array(canvas)).permute(2, 0, 1))  # a copy: PIL's buffer is read-only
     if not strips:
         strips = [torch.full((3, 40, 2 * width + 6), 255, dtype=torch.uint8)]
     return save_image(torch.cat(strips, dim=1), path)

@@ -22,7 +22,7 @@ from retinadet.data.tiles import TileSampling, describe_tiles, tile_size
 from retinadet.data.transforms import transform_config
 from retinadet.engine import distributed as D
 from retinadet.engine import schedule as S
-from retinadet.engine.config import TrainConfig, format_duration, resolve_config
+from retinadet.engine.config import RECIPE_STEPS, TrainConfig, format_duration, recipe_epochs, resolve_config
 from retinadet.engine.cpu_tuning import tune_cpu_process
 from retinadet.engine.datasets import train_val_splits
 from retinadet.engine.hooks import (
@@ -322,6 +322,7 @@ def _build(cfg: TrainConfig, dist: D.DistInfo, device: torch.device, resume: _Re
                          resume.checkpoint.get("model_config") if resume is not None else None)
     mcfg = model.cfg
     state = resume.state if resume is not None else TrainState()
+    epochs_note = _resolve_epochs(cfg, mcfg.preprocess, train_data, dist)
     loader, small = _train_loader(cfg, mcfg.preprocess, train_data, dist, device, state)
     # With a time budget the epochs are the plan's (TimeBudgetHook); until then the EMA spans the default length.
     total_iters = cfg.epochs * len(loader)
@@ -346,6 +347,8 @@ def _build(cfg: TrainConfig, dist: D.DistInfo, device: torch.device, resume: _Re
             f"{len(train_data.class_names)} classes; model {mcfg.preset}, input {mcfg.preprocess.max_size}px, "
             f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params; device {device}{world}; "
             f"{length}; run dir {save_dir}")
+        if epochs_note:
+            log(epochs_note)
         if cpu_tuning:
             log(f"cpu: {', '.join(cpu_tuning)}")
         if loader.tiles is not None:
@@ -400,6 +403,22 @@ def _run_folder(cfg: TrainConfig, dist: D.DistInfo, resume: _Resume | None, trai
     return save_dir, log
 
 
+def _resolve_epochs(cfg: TrainConfig, preprocess: Any, train_data: DatasetRecords, dist: D.DistInfo) -> str | None:
+    """Without ``--epochs``, the recipe's length (``config.recipe_epochs``) from this run's steps per epoch (tiles
+    counted with ``--tile``), set in ``cfg`` so that args.yaml and the checkpoints record it; a line saying so.
+    With ``--time`` the budget decides, and this is only the length the schedule starts from until it is planned."""
+    if cfg.epochs is not None:
+        return None
+    tile = tile_size(cfg.tile, preprocess)
+    tiles = TileSampling(tile, cfg.tile_negatives, cfg.tile_min_visibility) if tile is not None else None
+    steps = len(TrainLoader(train_data, preprocess, cfg.batch, "none", 0, cfg.seed, dist.rank, dist.world_size, tiles=tiles))
+    cfg.epochs = recipe_epochs(steps)
+    if cfg.time is not None:
+        return None
+    return (f"epochs: {cfg.epochs} of {steps} steps (the recipe's length, about {RECIPE_STEPS} steps; --epochs or "
+            "--time sets it)")
+
+
 def _train_loader(cfg: TrainConfig, preprocess: Any, train_data: DatasetRecords, dist: D.DistInfo,
                   device: torch.device, state: TrainState | None = None) -> tuple[TrainLoader, tuple[int, Any] | None]:
     """The training batches, and (epochs, preprocess) of the progressive-resizing epochs (None: none).
@@ -418,8 +437,8 @@ def _train_loader(cfg: TrainConfig, preprocess: Any, train_data: DatasetRecords,
     cfg.tile = tile_size(cfg.tile, preprocess)
     tiles = TileSampling(cfg.tile, cfg.tile_negatives, cfg.tile_min_visibility) if cfg.tile is not None else None
     mosaic = None
-    if cfg.mosaic > 0:  # with a time budget the epoch count is not known up front: mosaic on every epoch (None)
-        mosaic = (cfg.mosaic, mosaic_epochs(cfg.epochs, cfg.mosaic_close) if cfg.time is None else None)
+    if cfg.mosaic_prob > 0:  # with a time budget the epoch count is not known up front: mosaic on every epoch (None)
+        mosaic = (cfg.mosaic_prob, mosaic_epochs(cfg.epochs, cfg.mosaic_close) if cfg.time is None else None)
     loader = TrainLoader(train_data, preprocess, cfg.batch, cfg.augment, cfg.workers, cfg.seed, dist.rank, dist.world_size,
                          pin_memory=device.type == "cuda", small=small, tiles=tiles, mosaic=mosaic)
     return loader, small

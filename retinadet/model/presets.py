@@ -73,7 +73,7 @@ def _fast() -> ModelConfig:
     # - A quarter-width ResNet-18 (timm, stages 16-128 channels) with a deep 3x3 stem of 8/8/16 channels:
     #   ResNet-18's 64-channel 7x7 stem alone cost a quarter of a step at these widths. A step is 0.35 s,
     #   against 1.8 s for torchvision's ResNet-18 in the same head.
-    # - Live BN, a slim GN head, GIoU and batch-normalised focal loss.
+    # - Live BN, a slim GN head, GIoU and batch-normalised quality focal loss.
     # - A fixed 288 px letterboxed canvas: every batch has one shape, so oneDNN reuses its kernels
     #   instead of re-planning them each step. Anchors from 14 px cover the smallest objects.
     return ModelConfig(
@@ -87,7 +87,8 @@ def _fast() -> ModelConfig:
         # Positives from IoU 0.4 (background below 0.3): objects of 10-15 px sit between anchors of a stride-8 grid
         # and reached 0.5 with one anchor at most; more positives per object reached AP50 0.903 in 12 epochs, not 0.874.
         matcher=MatcherConfig(fg_iou=0.4, bg_iou=0.3),
-        loss=LossConfig(box_loss="giou", normalize="batch"),
+        # Quality focal loss: scores that rank boxes by their IoU gained 0.019 test AP on BCCD (docs/own_data.md).
+        loss=LossConfig(cls_loss="qfl", box_loss="giou", normalize="batch"),
         preprocess=PreprocessConfig(min_size=288, max_size=288, fixed_size=288),
     )
 

@@ -140,7 +140,9 @@ def test_prob_zero_is_the_inner_sample_and_seeded_mosaics_repeat(tmp_path):
 
 
 def test_train_config_validates_mosaic():
-    assert (TrainConfig().mosaic, TrainConfig().mosaic_close) == (0.0, 0.15)
+    # Default: half the samples, none with tiles (where mosaic is refused only when asked for).
+    assert (TrainConfig().mosaic_prob, TrainConfig(tile=256).mosaic_prob, TrainConfig().mosaic_close) == (0.5, 0.0, 0.15)
+    TrainConfig(tile=256).validate()
     TrainConfig(mosaic=1.0, mosaic_close=0.0).validate()
     for bad in ({"mosaic": 1.5}, {"mosaic": -0.1}, {"mosaic_close": 1.0}, {"mosaic_close": -0.5}):
         with pytest.raises(ConfigError, match="--mosaic"):

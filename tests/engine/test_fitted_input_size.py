@@ -58,3 +58,14 @@ def test_the_time_budget_sets_how_far_the_input_may_grow():
     assert input_area_budget(TrainConfig(time="10m")) == MAX_AREA
     assert input_area_budget(TrainConfig(time="15m")) == pytest.approx(3.0)
     assert input_area_budget(TrainConfig(time="2h")) == INPUT_AREA_MAX
+
+
+def test_without_epochs_the_length_is_the_recipes_in_steps(tiny_data, tmp_path):
+    from retinadet.engine.config import MAX_EPOCHS, MIN_EPOCHS, RECIPE_STEPS, recipe_epochs
+
+    assert recipe_epochs(RECIPE_STEPS // 40) == 40 and recipe_epochs(10**6) == MIN_EPOCHS and recipe_epochs(1) == MAX_EPOCHS
+    # 8 training images in batches of 4: 2 steps an epoch, so the recipe's longest run; it is recorded for a resume.
+    res = train(data=str(tiny_data), imgsz=64, batch=4, workers=0, plots=False, progress=False, project=str(tmp_path),
+                name="steps", max_iters=1)
+    assert _line(res.save_dir, "epochs: ").startswith(f"epochs: {MAX_EPOCHS} of 2 steps")
+    assert torch.load(res.last, weights_only=True)["train_config"]["epochs"] == MAX_EPOCHS
