@@ -43,6 +43,7 @@ from retinadet.model.preprocess import InputBatch
 from retinadet.structures import Detections
 from retinadet.utils.device import resolve_amp
 from retinadet.utils.files import atomic_write_text, increment_run_dir, write_json
+from retinadet.utils.scores import round_score
 from retinadet.utils.sentinels import FROM_CONFIG, FromConfig
 from retinadet.utils.tiling import TileOptions, TilingReport, TrainingScale, plan_tiles, shrink_warning, tile_options
 
@@ -302,7 +303,7 @@ def _warn_shrunk(data: DatasetRecords, preprocess: PreprocessConfig, scale: Trai
 def coco_results(detections: dict[int, Detections], category_ids: Sequence[int]) -> list[dict]:
     """COCO results-format dicts (what pycocotools' ``loadRes`` reads), category ids mapped back to the dataset's."""
     return [{"image_id": int(row[0]), "category_id": int(row[6]), "bbox": [round(v, 3) for v in row[1:5]],
-             "score": round(row[5], 5)} for row in coco_array(detections, category_ids).tolist()]
+             "score": round_score(row[5])} for row in coco_array(detections, category_ids).tolist()]
 
 
 def format_stats(stats: dict[str, float], max_dets: int = COCO_MAX_DETS) -> str:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from retinadet.utils.colors import class_colors
+from retinadet.utils.scores import round_score
 
 ANNOTATIONS_FILE = "annotations.xml"
 SCORE_ATTRIBUTE = "score"
@@ -91,6 +92,6 @@ def annotations_xml(images: Sequence[CvatImage], class_names: Sequence[str], tas
                                               "xtl": _coord(x1), "ytl": _coord(y1), "xbr": _coord(x2), "ybr": _coord(y2),
                                               "z_order": "0"})
             if im.scores is not None:
-                ET.SubElement(box, "attribute", {"name": SCORE_ATTRIBUTE}).text = f"{float(im.scores[k]):.5f}"
+                ET.SubElement(box, "attribute", {"name": SCORE_ATTRIBUTE}).text = f"{round_score(im.scores[k]):g}"
     ET.indent(root)
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"

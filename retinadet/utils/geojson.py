@@ -11,6 +11,7 @@ from pathlib import Path
 
 from retinadet.errors import DataError
 from retinadet.utils.colors import class_colors
+from retinadet.utils.scores import round_score
 
 
 def to_feature_collection(boxes: Sequence[Sequence[float]], scores: Sequence[float], labels: Sequence[int],
@@ -24,7 +25,7 @@ def to_feature_collection(boxes: Sequence[Sequence[float]], scores: Sequence[flo
                          "geometry": {"type": "Polygon", "coordinates": [[[round(float(x), 3), round(float(y), 3)] for x, y in ring]]},
                          "properties": {"objectType": "detection",
                                         "classification": {"name": class_names[int(label)], "color": list(colors[int(label)])},
-                                        "measurements": {"score": round(float(score), 5)}}})
+                                        "measurements": {"score": round_score(score)}}})
     return {"type": "FeatureCollection", "features": features}
 
 

@@ -22,6 +22,7 @@ from urllib.parse import quote
 from xml.sax.saxutils import quoteattr
 
 from retinadet.utils.colors import class_colors
+from retinadet.utils.scores import round_score
 
 FROM_NAME = "label"  # the RectangleLabels control of label_config.xml
 TO_NAME = "image"  # the Image object it labels
@@ -73,7 +74,7 @@ def rectangle_results(boxes: Sequence[Sequence[float]], labels: Sequence[int], c
                             "height": _percent(y2 - y1, height), "rotation": 0,
                             "rectanglelabels": [class_names[int(label)]]}}
         if scores is not None:
-            region["score"] = round(float(scores[k]), 5)
+            region["score"] = round_score(scores[k])
         results.append(region)
     return results
 
@@ -89,7 +90,7 @@ def labelstudio_task(image_url: str, width: int, height: int, boxes: Sequence[Se
     result = rectangle_results(boxes, labels, class_names, width, height, scores)
     if scores is None:
         return {"data": data, "annotations": [{"result": result}]}
-    task_score = round(max((float(s) for s in scores), default=0.0), 5)
+    task_score = round_score(max((float(s) for s in scores), default=0.0))
     return {"data": data, "predictions": [{"model_version": model_version, "score": task_score, "result": result}]}
 
 

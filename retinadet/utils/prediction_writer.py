@@ -23,6 +23,7 @@ from retinadet.errors import DataError
 from retinadet.utils import cvat_xml, labelstudio
 from retinadet.utils.files import atomic_write_text, write_csv, write_json
 from retinadet.utils.geojson import to_feature_collection
+from retinadet.utils.scores import round_score
 
 CSV_HEADER = ["file_name", "class_name", "category_id", "score", "x1", "y1", "x2", "y2"]
 MICRON_COLUMNS = ["x1_um", "y1_um", "x2_um", "y2_um"]
@@ -33,6 +34,8 @@ RANK_LINES = "predictions.rank{rank}.jsonl"  # one process's lines in a sharded 
 def input_key(source: str, frame: int | None) -> str:
     """What identifies one input across an interrupted run and its resumption."""
     return source if frame is None else f"{source}#{frame}"
+
+
 
 
 class PredictionWriter:
@@ -81,7 +84,7 @@ class PredictionWriter:
         """One input's detections (xyxy in its pixels: level 0 of a slide); ``mpp``: its microns per pixel (x, y), which
         puts the CSV's boxes in µm too."""
         dets = [{"category_id": int(self.category_ids[lab]), "class_name": self.class_names[lab],
-                 "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)], "score": round(s, 5)}
+                 "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)], "score": round_score(s)}
                 for (x1, y1, x2, y2), s, lab in zip(boxes, scores, labels)]
         entry = {"image_id": int(image_id), "file_name": file_name, "source": source, "image_size": list(image_size),
                  "detections": dets}

@@ -29,7 +29,7 @@ def test_rectangles_are_percent_of_the_image_with_the_original_size():
     assert r["type"] == "rectanglelabels" and r["from_name"] == "label" and r["to_name"] == "image"
     assert (r["original_width"], r["original_height"], r["image_rotation"]) == (200, 100, 0)
     assert r["value"] == {"x": 10.0, "y": 10.0, "width": 25.0, "height": 25.0, "rotation": 0, "rectanglelabels": ["debris & dust"]}
-    assert r["score"] == 0.87654
+    assert r["score"] == 0.876543  # six significant digits (utils/scores)
     # Percent with 6 decimals is exact to far below a pixel, even on a 100000 px side.
     (far,) = rectangle_results([[12345.678, 0, 99999.5, 1]], [0], CLASSES, 100000, 10)
     assert far["value"]["x"] * 1000 == pytest.approx(12345.678, abs=1e-3)
@@ -90,7 +90,7 @@ def test_cvat_xml_declares_labels_subsets_and_scores():
     box = a.find("box")
     assert box.attrib == {"label": "debris & dust", "source": "auto", "occluded": "0", "xtl": "1.23", "ytl": "2.00",
                           "xbr": "30.50", "ybr": "40.25", "z_order": "0"}
-    assert box.find("attribute").get("name") == "score" and box.find("attribute").text == "0.91000"
+    assert box.find("attribute").get("name") == "score" and box.find("attribute").text == "0.91"
 
 
 def test_cvat_xml_without_scores_is_manual_and_without_subsets_has_none():
