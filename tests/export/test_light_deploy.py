@@ -12,19 +12,11 @@ from pathlib import Path
 
 import numpy as np
 from export_support import CLASS_NAMES
+from torch_free import BLOCK_TORCH
 
 REPO = Path(__file__).resolve().parents[2]
 
-BLOCKED_RUN = textwrap.dedent("""
-    import importlib.abc, sys
-
-    class BlockTorch(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path, target=None):
-            if name.split(".")[0] in ("torch", "torchvision"):
-                raise ImportError(f"blocked import of {name}")
-            return None
-
-    sys.meta_path.insert(0, BlockTorch())
+BLOCKED_RUN = BLOCK_TORCH + textwrap.dedent("""
     try:
         import torch  # noqa: F401
     except ImportError:

@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 from deploy_support import pair_predictions
 from export_support import CLASS_NAMES
+from torch_free import BLOCK_TORCH
 
 REPO = Path(__file__).resolve().parents[2]
 CONF = 0.23  # 20 to 40 detections per image, below the graph's cap of 100 (whose last place near-ties could swap)
@@ -78,16 +79,7 @@ def test_evaluate_exported_api(deployed, tmp_path):
     assert 0.3 < metrics["AP"] <= 1 and metrics["save_dir"] == str(tmp_path) and (tmp_path / "metrics.json").is_file()
 
 
-BLOCKED_RUN = textwrap.dedent("""
-    import importlib.abc, sys
-
-    class BlockTorch(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path, target=None):
-            if name.split(".")[0] in ("torch", "torchvision"):
-                raise ImportError(f"blocked import of {name}")
-            return None
-
-    sys.meta_path.insert(0, BlockTorch())
+BLOCKED_RUN = BLOCK_TORCH + textwrap.dedent("""
     from retinadet.export.openvino_runtime import main
 
     weights, source, project = sys.argv[1:4]
