@@ -87,7 +87,9 @@ def _tile(ctx, param, value: str | None) -> int | str | None:
 @click.option("--workers", type=int, default=None, help="Data loader processes. [default: 2]")
 @click.option("--seed", type=int, default=None, help="[default: 0]")
 @click.option("--deterministic", is_flag=True, default=None, help="Deterministic algorithms (exactly resumable on CPU).")
-@click.option("--val-every", type=int, default=None, help="Validate every N epochs (and after the last). [default: 1]")
+@click.option("--val-every", type=int, default=None,
+              help="Validate every N epochs (and after the last). [default: every epoch of runs up to 15 epochs; "
+                   "longer ones, every epoch of the last third and every 5th before]")
 @click.option("--val-split", default=None, help="Split to validate on (default val; a test split only when named).")
 @click.option("--patience", type=int, default=None, help="Stop after N validations without AP gain (0 = off).")
 @click.option("--weights", default=None, help="Start from these weights (fine-tune; class layer re-initialised if needed).")

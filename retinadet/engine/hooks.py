@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from retinadet.data.records import DatasetRecords
 from retinadet.engine import distributed as D
-from retinadet.engine.config import format_duration
+from retinadet.engine.config import format_duration, validation_due
 from retinadet.engine.evaluate import STAT_NAMES, EvalResult, evaluate, write_eval_outputs
 from retinadet.engine.loaders import eval_loader
 from retinadet.engine.plots import plot_results, prediction_grid
@@ -154,7 +154,7 @@ class TimeBudgetHook(HookBase):
     ``trainer.finish`` (the short epoch is validated and saved as the last one), or at an epoch end when another
     epoch would be a few steps long. Decisions are rank 0's, or agreed by all ranks, so DDP ranks stay in step."""
 
-    def __init__(self, budget: TimeBudget, *, log: Log, val_every: int, val_batches: int, plots: bool,
+    def __init__(self, budget: TimeBudget, *, log: Log, val_every: int | None, val_batches: int, plots: bool,
                  progressive: tuple[float, float, str] | None = None,
                  ema_schedule: Callable[[int], tuple[float, float]] | None = None):
         self.budget, self.log, self.val_every, self.val_batches, self.plots = budget, log, val_every, val_batches, plots
@@ -186,7 +186,7 @@ class TimeBudgetHook(HookBase):
 
     def _boundary(self, done: int) -> float:
         """Seconds the end of the ``done``-th epoch takes when it is not the last."""
-        if done % self.val_every == 0:
+        if validation_due(done, self.trainer.max_epochs, self.val_every):
             return self._val()
         return self.plain_time if self.plain_time is not None else CHECKPOINT_SECONDS
 
@@ -307,7 +307,7 @@ class TimeBudgetHook(HookBase):
             else:
                 t.max_epochs = max(s.epoch + 1, math.ceil(fit))
                 t.epochs_text = f"~{t.max_epochs}"
-        self._mark = (now, s.epoch % self.val_every == 0 or s.epoch >= t.max_epochs)
+        self._mark = (now, validation_due(s.epoch, t.max_epochs, self.val_every))
 
 
 def plot_prediction_grid(first: dict | None, class_names: Sequence[str], conf: float, path: Path) -> None:
@@ -319,12 +319,13 @@ def plot_prediction_grid(first: dict | None, class_names: Sequence[str], conf: f
 
 
 class EvalHook(HookBase):
-    """Validates every ``every`` epochs and after the last one; val AP is the fitness behind best.pt and
+    """Validates when :func:`~retinadet.engine.config.validation_due` says (every ``every``-th epoch, or by its
+    schedule) and after the last epoch; val AP is the fitness behind best.pt and
     ``patience`` (validations without improvement before an early stop; 0: off). The run's val/ outputs
     (metrics, predictions, figures) are written once, for the last validation, when the run ends: per epoch
     they cost about a tenth of the validation, and results.csv and the checkpoints hold every epoch."""
 
-    def __init__(self, data: DatasetRecords, *, batch_size: int, workers: int, conf: float, every: int, patience: int,
+    def __init__(self, data: DatasetRecords, *, batch_size: int, workers: int, conf: float, every: int | None, patience: int,
                  amp: Any, plots: bool, save_dir: Path, scale: TrainingScale | None = None):
         self.data, self.batch_size, self.workers, self.conf = data, batch_size, workers, conf
         self.every, self.patience, self.amp, self.plots, self.save_dir = every, patience, amp, plots, save_dir
@@ -347,7 +348,7 @@ class EvalHook(HookBase):
 
     def after_epoch(self) -> None:
         t, s = self.trainer, self.trainer.state
-        if s.epoch % self.every and s.epoch < t.max_epochs:
+        if not validation_due(s.epoch, t.max_epochs, self.every):
             return
         main = t.dist.is_main
         result = evaluate(t.eval_model, self.data, batch_size=self.batch_size, workers=self.workers, device=t.device,

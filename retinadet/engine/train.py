@@ -372,7 +372,7 @@ def _build(cfg: TrainConfig, dist: D.DistInfo, device: torch.device, resume: _Re
             cost = (input_size(small[1]) / input_size(mcfg.preprocess)) ** 2  # a step's cost goes with the pixels
             progressive = (float(cfg.progressive), cost, f"{input_size(small[1])}px")
         val_batches = -(-len(val_data) // (val_batch * dist.world_size))
-        hooks.insert(1, TimeBudgetHook(budget, log=log, val_every=cfg.val_every, val_batches=val_batches, plots=cfg.plots,
+        hooks.insert(1, TimeBudgetHook(budget, log=log, val_every=_val_every(cfg), val_batches=val_batches, plots=cfg.plots,
                                        progressive=progressive, ema_schedule=cfg.ema_schedule))
         scheduler = build_time_scheduler(optimizer, budget)
     else:
@@ -464,6 +464,12 @@ def _build_model(cfg: TrainConfig, num_classes: int, finetune: dict | None, devi
     return model, size_choice
 
 
+def _val_every(cfg: TrainConfig) -> int | None:
+    """The validation interval the hooks use: --val-every, else None (validation_due's schedule), except under a
+    time budget, whose epoch count is an estimate that moves: there every epoch, unless --val-every is given."""
+    return cfg.val_every if cfg.val_every is not None or cfg.time is None else 1
+
+
 def _hooks(cfg: TrainConfig, save_dir: Path, log: RunLog, train_data: DatasetRecords, val_data: DatasetRecords,
            data_info: dict, val_batch: int, resume: _Resume | None, scale: TrainingScale, amp: Any = False,
            input_fit: dict | None = None) -> list[HookBase]:
@@ -476,7 +482,7 @@ def _hooks(cfg: TrainConfig, save_dir: Path, log: RunLog, train_data: DatasetRec
         meta["input_fit"] = input_fit
     return [
         StopHook(max_iters=cfg.max_iters, max_bad_steps=cfg.max_bad_steps, last=wdir / "last.pt", save_dir=save_dir, log=log),
-        EvalHook(val_data, batch_size=val_batch, workers=min(cfg.workers, 2), conf=cfg.conf, every=cfg.val_every,
+        EvalHook(val_data, batch_size=val_batch, workers=min(cfg.workers, 2), conf=cfg.conf, every=_val_every(cfg),
                  patience=cfg.patience, amp=amp, plots=cfg.plots, save_dir=save_dir, scale=scale),
         CheckpointHook(wdir, class_names=list(train_data.class_names), category_ids=list(train_data.category_ids), meta=meta,
                        log=log, resume=resume.checkpoint if resume is not None else None),
