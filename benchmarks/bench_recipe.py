@@ -4,7 +4,7 @@
 
 Seed 0 is the dataset `retinadet train` uses; other seeds draw new images (new textures, shapes, sizes
 and positions) from the same generator, so they check the recipe rather than one dataset. Prints a
-table: wall time of the whole run (training, per-epoch validation, report), epochs, and best val
+table: wall time of the whole run (training, validation, report), epochs, and best val
 AP / AP50. Run it on an otherwise idle machine: the wall time is the figure of merit. On a virtual
 machine the table also gives the share of CPU time the host took back (steal, from /proc/stat) during
 each run: a wall time measured with more than a few percent of steal is not the recipe's.

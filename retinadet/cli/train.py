@@ -7,6 +7,7 @@ import sys
 import click
 import yaml
 
+from retinadet.engine.config import VAL_ALL_EPOCHS, VAL_DENSE_SHARE, VAL_SPARSE_EVERY
 from retinadet.engine.train import train
 
 AMP_VALUES = {"off": False, "on": True, "bf16": "bf16", "fp16": "fp16", "auto": "auto"}
@@ -88,8 +89,9 @@ def _tile(ctx, param, value: str | None) -> int | str | None:
 @click.option("--seed", type=int, default=None, help="[default: 0]")
 @click.option("--deterministic", is_flag=True, default=None, help="Deterministic algorithms (exactly resumable on CPU).")
 @click.option("--val-every", type=int, default=None,
-              help="Validate every N epochs (and after the last). [default: every epoch of runs up to 15 epochs; "
-                   "longer ones, every epoch of the last third and every 5th before]")
+              help=f"Validate every N epochs (and after the last). [default: every epoch of runs up to {VAL_ALL_EPOCHS} "
+                   f"epochs; longer ones, every epoch of the last {VAL_DENSE_SHARE:.0%} and every {VAL_SPARSE_EVERY}th "
+                   "before; every epoch with --time]")
 @click.option("--val-split", default=None, help="Split to validate on (default val; a test split only when named).")
 @click.option("--patience", type=int, default=None, help="Stop after N validations without AP gain (0 = off).")
 @click.option("--weights", default=None, help="Start from these weights (fine-tune; class layer re-initialised if needed).")

@@ -124,7 +124,7 @@ class TrainConfig:
     deterministic: bool = False
     val_every: int | None = None  # validate every N epochs (and after the last); None: validation_due's schedule
     val_split: str | None = None
-    patience: int = 0  # epochs without val AP improvement before stopping; 0 = off
+    patience: int = 0  # validations without val AP improvement before stopping; 0 = off
     max_bad_steps: int = 10  # consecutive non-finite losses that stop the run
     # Fit the anchor ratios and scales to the training boxes when their anchor coverage is low (engine/train
     # _autoanchor). None: on, except when fine-tuning from --weights; True (asked for): there too.

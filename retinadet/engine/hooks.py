@@ -154,7 +154,7 @@ class TimeBudgetHook(HookBase):
     ``trainer.finish`` (the short epoch is validated and saved as the last one), or at an epoch end when another
     epoch would be a few steps long. Decisions are rank 0's, or agreed by all ranks, so DDP ranks stay in step."""
 
-    def __init__(self, budget: TimeBudget, *, log: Log, val_every: int | None, val_batches: int, plots: bool,
+    def __init__(self, budget: TimeBudget, *, log: Log, val_every: int, val_batches: int, plots: bool,
                  progressive: tuple[float, float, str] | None = None,
                  ema_schedule: Callable[[int], tuple[float, float]] | None = None):
         self.budget, self.log, self.val_every, self.val_batches, self.plots = budget, log, val_every, val_batches, plots
