@@ -418,7 +418,7 @@ md("""
     The learning rate warms up, then follows a cosine per iteration, and the first half of the epochs train on
     smaller inputs (progressive resizing: 96 px here, validation at 128 px).
 
-    Here it is the `fast` preset on BCCD's train split (205 images, 288 px, batch 8), validated on its val split
+    Here it is the `fast` preset on BCCD's train split (205 images at the fitted 320 px, batch 8), validated on its val split
     after every epoch, for 12 epochs: the default recipe with fewer epochs. `best.pt` is chosen on val; the test
     split stays unseen until section 5. Without BCCD the run uses a 300-image `shapes` set instead.
     `progress=False` keeps the output to one line per epoch.

@@ -231,6 +231,12 @@ class _InputBoxes:
         wh = (self.table.boxes[:, 2:] - self.table.boxes[:, :2]).astype(np.float64) * self.scale
         return np.where(self.sized, np.sqrt(wh[:, 0] * wh[:, 1]), np.nan)
 
+    @property
+    def native(self) -> np.ndarray:
+        """Per box: the factor on the input size at which its image is at its own resolution (NaN: size unknown)."""
+        with np.errstate(divide="ignore"):
+            return np.where(self.sized, 1.0 / np.sqrt(self.scale[:, 0] * self.scale[:, 1]), np.nan)
+
 
 def _input_boxes(splits: dict[str, DatasetRecords], pre: Any) -> _InputBoxes:
     records: list[ImageRecord] = [r for ds in splits.values() for r in ds.records]
@@ -284,11 +290,12 @@ def input_box_wh(datasets: list[DatasetRecords], preprocess: Any) -> np.ndarray:
     return _box_wh(_input_boxes({str(i): ds for i, ds in enumerate(datasets)}, preprocess))
 
 
-def input_box_sides(datasets: list[DatasetRecords], preprocess: Any) -> tuple[np.ndarray, np.ndarray]:
-    """(side, label) of the non-crowd boxes of images of known size: side = sqrt(w * h) in the model's input pixels."""
+def input_box_sides(datasets: list[DatasetRecords], preprocess: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(side, label, native) of the non-crowd boxes of images of known size: side = sqrt(w * h) in the model's input
+    pixels, native = the factor on that input at which the box's image is at its own resolution."""
     boxes = _input_boxes({str(i): ds for i, ds in enumerate(datasets)}, preprocess)
     use = boxes.sized & ~boxes.table.crowd
-    return boxes.side[use], boxes.table.labels[use]
+    return boxes.side[use], boxes.table.labels[use], boxes.native[use]
 
 
 def _box_wh(boxes: _InputBoxes) -> np.ndarray:
@@ -376,7 +383,8 @@ def _check(path, model, imgsz, split, verify_images, fit=False, seed=0) -> Check
     if not imgsz and len(checked):
         # What `train` fits to: the training boxes (every split's where none is called train).
         fit_on = boxes.sized & ~boxes.table.crowd & ((boxes.split == list(splits).index("train")) if "train" in splits else True)
-        report.input_fit = fit_input_size(side[fit_on], boxes.table.labels[fit_on], pre, anchor)
+        report.input_fit = fit_input_size(side[fit_on], boxes.table.labels[fit_on], pre, anchor,
+                                          native=boxes.native[fit_on])
     if report.coverage_05 is not None and report.coverage_05 < LOW_COVERAGE:
         smallest = min(anchor.sizes)
         sides = side[np.isfinite(best)]  # the boxes the coverage counts

@@ -187,8 +187,8 @@ def input_area_budget(cfg: TrainConfig) -> float:
 
 def _fit_input_size(cfg: TrainConfig, mcfg: ModelConfig, train_data: DatasetRecords) -> tuple[ModelConfig, InputSizeChoice]:
     """The preset's resize rule scaled to the training boxes (``model.input_fit``), within the cost budget."""
-    sides, labels = input_box_sides([train_data], mcfg.preprocess)
-    choice = fit_input_size(sides, labels, mcfg.preprocess, mcfg.anchors, input_area_budget(cfg))
+    sides, labels, native = input_box_sides([train_data], mcfg.preprocess)
+    choice = fit_input_size(sides, labels, mcfg.preprocess, mcfg.anchors, input_area_budget(cfg), native=native)
     if choice.preprocess == mcfg.preprocess:
         return mcfg, choice
     preset = mcfg.preset

@@ -5,26 +5,43 @@ from retinadet.model import resolve_model_config
 from retinadet.model.input_fit import fit_input_size, scaled_rule
 
 FAST = resolve_model_config("fast")
-SMALLEST = FAST.anchors.sizes[0] * min(FAST.anchors.scales)  # 14 px
+TARGET = FAST.anchors.sizes[0] * 2 ** (1 / 3)  # 17.6 px: 14 px times the middle of the scales 1, 2^(1/3), 2^(2/3)
 
 
-def _fit(sides, labels=None, max_area=2.0, cfg=FAST):
+def _fit(sides, labels=None, max_area=2.0, cfg=FAST, native=None):
     sides = np.asarray(sides, dtype=float)
     labels = np.zeros(len(sides), int) if labels is None else np.asarray(labels)
-    return fit_input_size(sides, labels, cfg.preprocess, cfg.anchors, max_area)
+    native = None if native is None else np.full(len(sides), float(native))
+    return fit_input_size(sides, labels, cfg.preprocess, cfg.anchors, max_area, native=native)
 
 
-def test_objects_at_or_above_the_smallest_anchor_keep_the_preset_size():
-    choice = _fit(np.linspace(20, 120, 200))
+def test_objects_at_or_above_the_smallest_anchors_middle_scale_keep_the_preset_size():
+    choice = _fit(np.linspace(18, 120, 200))
     assert choice.preprocess == FAST.preprocess and choice.factor == 1.0 and "at or above" in choice.reason
 
 
-def test_small_objects_grow_the_input_until_they_reach_the_smallest_anchor():
-    choice = _fit(np.linspace(10, 14, 200))  # 25th percentile 11 px
-    need = SMALLEST / 11.0
+def test_small_objects_grow_the_input_until_they_reach_the_middle_of_the_smallest_anchors():
+    choice = _fit(np.linspace(12, 16, 200))  # 25th percentile 13 px
+    need = TARGET / 13.0
     assert choice.size % 32 == 0 and choice.preprocess.min_size == choice.preprocess.max_size == choice.size
     assert choice.factor >= need and choice.size - 32 < 288 * need  # the next multiple of 32, no more
-    assert choice.small_side >= SMALLEST and "reaches the smallest anchor" in choice.reason
+    assert choice.small_side >= TARGET and "reaches the smallest anchors' middle scale" in choice.reason
+
+
+def test_objects_at_the_bottom_anchor_scale_still_grow_to_its_middle():
+    # 16 px objects already match the 14 px anchor; aiming them at the 17.6 px one (1.10x) gains the scale above.
+    choice = _fit(np.full(200, 16.0))
+    assert choice.size == 320 and choice.small_side == pytest.approx(16.0 * 320 / 288)
+
+
+def test_past_the_images_own_resolution_only_the_bottom_anchor_is_reached():
+    sides = np.full(200, 13.0)  # 14 px needs 1.08x, the 17.6 px middle scale 1.36x
+    assert _fit(sides).size == 416 and _fit(sides, native=2.0).size == 416  # the images have the detail
+    at_own = _fit(sides, native=1.1)  # 320 px images: upsampling past 1.1x would add no detail
+    assert at_own.size == 320 and "as far as the images' own resolution" in at_own.reason
+    bottom = _fit(np.full(200, 10.0), native=1.0)  # 10 px: the bottom anchor needs 1.4x even so
+    assert bottom.size == 416 and bottom.small_side >= 14.0 and "the smallest anchor (14 px" in bottom.reason
+    assert _fit(sides, native=np.nan).size == 416  # images of unknown size do not bound it
 
 
 def test_the_time_budget_caps_the_growth():
