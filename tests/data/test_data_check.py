@@ -286,3 +286,22 @@ def test_the_report_gives_the_input_size_train_would_fit(tmp_path):
     assert "input size fitted to the training boxes (what train picks without --imgsz): 416px" in text
     assert "--imgsz 416 shows it there" in text
     assert check_dataset(tmp_path / "small", imgsz=416, verify_images=False).input_fit is None
+
+
+def test_the_input_fit_knows_each_images_own_resolution(tmp_path):
+    from retinadet.data.check import check_dataset, input_box_sides
+    from retinadet.data.discover import load_splits
+    from retinadet.data.synthetic import ShapesConfig, write_shapes_dataset
+    from retinadet.model import resolve_model_config
+    from retinadet.model.input_fit import fit_input_size
+
+    write_shapes_dataset(tmp_path / "s", ShapesConfig(num_train=6, num_val=2, num_test=0, size=320, seed=2,
+                                                     min_object=12, max_object_frac=0.06), workers=1)
+    pre = resolve_model_config("fast").preprocess
+    sides, labels, native = input_box_sides([load_splits(tmp_path / "s")["train"]], pre)
+    assert len(sides) and np.allclose(native, 320 / 288)  # a 320 px image is at its own resolution at 1.11x of 288
+    anchors = resolve_model_config("fast").anchors
+    unbounded = fit_input_size(sides, labels, pre, anchors)
+    report = check_dataset(tmp_path / "s", verify_images=False)
+    assert report.input_fit.size < unbounded.size, "upsampling past the images' resolution only for the bottom anchor"
+    assert report.input_fit.size == fit_input_size(sides, labels, pre, anchors, native=native).size
