@@ -47,7 +47,8 @@ def _best_ap50(run: Path) -> float:
 
     header, rows = read_csv(run / "results.csv")
     ap, ap50 = header.index("AP"), header.index("AP50")
-    best = max(rows, key=lambda r: float(r[ap]))
+    validated = [r for r in rows if r[ap] != ""]  # the validation schedule leaves some epochs without AP
+    best = max(validated, key=lambda r: float(r[ap]))
     return float(best[ap50])
 
 
