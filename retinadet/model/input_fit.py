@@ -5,8 +5,9 @@ the scales, on the stride-8 P3 grid) are where localisation ends: an object much
 matches no anchor at IoU 0.5, and its box regresses from an anchor several times its size. So the input grows
 until the typical small object reaches the middle of those anchors (``sizes[0]`` times the geometric mean of the
 scales), where it matches the scales on both sides, not only the bottom one. On BCCD that is 320 px, not 288:
-+0.011 val AP and +0.014 test AP in 70 epochs (docs/own_data.md, e17). Past the images' own resolution an input
-only grows as far as the bottom anchor needs: upsampling adds pixels to pay for, but no detail. And no further than
++0.014 and +0.012 test AP in two 70-epoch runs, val AP within their spread (docs/own_data.md, e17 and e20).
+Past the images' own resolution an input only grows as far as the bottom anchor needs: upsampling adds pixels to
+pay for, but no detail. And no further than
 
 - the largest anchor, which the largest objects (99th percentile) must stay within, and
 - a cost cap: a step costs about the pixels of its inputs, so the canvas may grow to ``max_area`` times the
@@ -74,6 +75,8 @@ def fit_input_size(sides: np.ndarray, labels: np.ndarray, preprocess: Preprocess
     seen = np.asarray(sides, dtype=np.float64).reshape(-1)
     labels = np.asarray(labels).reshape(-1)
     keep = np.isfinite(seen) & (seen > 0)
+    if native is not None and np.size(native) != len(seen):
+        raise ValueError(f"native: one factor per box expected ({len(seen)} boxes), got {np.size(native)}")
     native_of = None if native is None else np.asarray(native, dtype=np.float64).reshape(-1)[keep]
     seen, labels = seen[keep], labels[keep]
     if not len(seen):

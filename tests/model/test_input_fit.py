@@ -74,3 +74,8 @@ def test_no_boxes_keep_the_preset_and_every_rule_scales():
     assert (scaled.min_size, scaled.max_size, scaled.fixed_size) == (1216, 2016, None)
     assert _fit(np.full(50, 8.0), cfg=resolve_model_config("retinanet_resnet50_fpn")).to_dict()["factor"] == pytest.approx(
         1.44, abs=0.01)  # 800 -> 1152: the cap of 2x the pixels, rounded up to 32
+
+
+def test_native_factors_must_match_the_boxes():
+    with pytest.raises(ValueError, match="one factor per box expected \\(3 boxes\\), got 2"):
+        fit_input_size(np.full(3, 10.0), np.zeros(3, int), FAST.preprocess, FAST.anchors, native=np.ones(2))
