@@ -166,8 +166,13 @@ def _model_config(cfg: TrainConfig, num_classes: int, finetune_ckpt: dict | None
         mcfg = mcfg.replace(kept)
         mcfg.preset = preset
     elif train_data is not None:
-        if cfg.imgsz is None and cfg.tile is None and not any(k.startswith("preprocess.") and k.endswith("_size")
-                                                                  for k in overrides):
+        sized = cfg.imgsz is not None or cfg.tile is not None or any(
+            k.startswith("preprocess.") and k.endswith("_size") for k in overrides)
+        if cfg.model is None and finetune_ckpt is not None and not sized:
+            # The weights' features were learnt at their input size, as the heads were on their anchors: keep it.
+            notes.append(f"input size {mcfg.preprocess.max_size}px from --weights (the size they were trained at); "
+                         "--imgsz sets it")
+        elif not sized:
             mcfg, size_choice = _fit_input_size(cfg, mcfg, train_data)
             notes.append(f"input size {size_choice.size}px ({size_choice.factor:.2f}x the preset's): {size_choice.reason} "
                          "(recorded in the checkpoint; --imgsz sets it)")

@@ -138,9 +138,12 @@ def test_finetune_reinitialises_class_layer(trained_run, tiny_data, tmp_path):
     assert "re-initialised keys: head.cls_logits.weight, head.cls_logits.bias" in log
     ck = torch.load(res.last, weights_only=True)
     assert ck["class_names"] == ["circle", "square"] and ck["model_config"]["num_classes"] == 2
-    # The rest of the network came from the weights (same input size as the source run).
+    # The rest of the network came from the weights, and so did its input size: the fit (96 px on this data)
+    # is not applied to weights trained at another size.
     src = torch.load(trained_run / "weights" / "best.pt", weights_only=True)
-    assert ck["model_config"]["preprocess"]["max_size"] == src["model_config"]["preprocess"]["max_size"]
+    size = src["model_config"]["preprocess"]["max_size"]
+    assert size == 64 and ck["model_config"]["preprocess"]["max_size"] == size  # the source run's --imgsz
+    assert f"input size {size}px from --weights" in log
 
 
 @pytest.mark.parametrize("cache_bytes, loads", [(None, 1), (0, 2)])

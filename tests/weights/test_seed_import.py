@@ -72,34 +72,55 @@ def test_imported_model_reproduces_seed_outputs(outputs):
         assert diff <= 1e-4, (key, diff)
 
 
+def _seed_rules(probs: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """The seed pipeline's inference as torchvision ops: scores > 0.05, per-class NMS at 0.5, no top-k, no cap.
+    Rows (label, score, box), sorted."""
+    from torchvision.ops import batched_nms
+
+    idx, labels = (probs > 0.05).nonzero(as_tuple=True)
+    scores, boxes = probs[idx, labels], boxes[idx]
+    keep = batched_nms(boxes, scores, labels, 0.5)
+    return _sorted_rows(labels[keep], scores[keep], boxes[keep])
+
+
+def _sorted_rows(labels, scores, boxes) -> torch.Tensor:
+    rows = torch.cat([labels[:, None].float(), scores[:, None], boxes], 1)
+    for col in reversed(range(rows.shape[1])):  # lexicographic: stable sorts from the last column to the first
+        rows = rows[rows[:, col].sort(stable=True).indices]
+    return rows
+
+
 def test_detections_follow_seed_inference_rules(outputs):
     """Per-class NMS at 0.5, scores > 0.05, no top-k, no cap, clipped to the tensor.
 
-    Scores agree with the fixture to ~2.5e-7 and boxes to one float32 ulp, but with these
-    random weights thousands of scores are near-ties, so NMS may resolve a few of them
-    in another order and the cascade changes a small part; the head of each class's score list
-    and the bulk of the set must still match (same label, score within 1e-4, box within 1e-3).
+    With these random weights 44k scores pass the threshold and a quarter of them tie, so NMS is a cascade
+    that one float32 ulp of input reorders: scores agree with the fixture to 6e-7, yet a third of the
+    detections differ on an AVX2-only host. So the rules are checked on each side's own numbers, exactly:
+    they reproduce the fixture's detections from its probabilities and boxes, and ours from our outputs.
     """
     model, expected, x, (cls_logits, deltas, anchors, per_level) = outputs
     inf = model.cfg.inference
     assert inf.topk_per_level is None and inf.max_det is None and inf.clip_to == "padded" and inf.nms_iou == 0.5
+    num_classes = cls_logits.shape[-1]
+    exp_rows = _sorted_rows(*(torch.from_numpy(expected[k]) for k in ("det_labels", "det_scores", "det_boxes")))
+    seed = _seed_rules(torch.from_numpy(expected["cls_probs"]).reshape(-1, num_classes),
+                       torch.from_numpy(expected["decoded_boxes"]).reshape(-1, 4))
+    assert torch.equal(seed, exp_rows)  # the rules above are the seed pipeline's
+
     size = torch.tensor([list(x.shape[-2:])])
     det = model.postprocess(cls_logits, deltas, anchors, per_level, size, x.shape[-2:])[0]
-    exp_scores = torch.from_numpy(expected["det_scores"])
-    exp_labels = torch.from_numpy(expected["det_labels"])
-    exp_boxes = torch.from_numpy(expected["det_boxes"])
-    assert abs(len(det.scores) - len(exp_scores)) <= 0.005 * len(exp_scores), (len(det.scores), len(exp_scores))
-    matched = 0
-    for label in range(3):
-        ours_s, order = det.scores[det.labels == label].sort(descending=True)
-        ours_b = det.boxes[det.labels == label][order]
-        ref_s, order = exp_scores[exp_labels == label].sort(descending=True)
-        ref_b = exp_boxes[exp_labels == label][order]
-        head = min(200, len(ref_s))
-        torch.testing.assert_close(ours_s[:head], ref_s[:head], atol=1e-4, rtol=0)
-        close = ((ours_b[:, None] - ref_b[None]).abs().amax(-1) <= 1e-3) & ((ours_s[:, None] - ref_s[None]).abs() <= 1e-4)
-        matched += int(close.any(0).sum())
-    assert matched >= 0.97 * len(exp_scores), (matched, len(exp_scores))
+    h, w = x.shape[-2:]
+    boxes = model.box_coder.decode(deltas, anchors)[0]
+    boxes = torch.stack([boxes[:, 0].clamp(0, w), boxes[:, 1].clamp(0, h), boxes[:, 2].clamp(0, w),
+                         boxes[:, 3].clamp(0, h)], dim=-1)
+    ours = _seed_rules(torch.sigmoid(cls_logits[0]), boxes)
+    torch.testing.assert_close(_sorted_rows(det.labels, det.scores, det.boxes), ours, atol=1e-5, rtol=0)
+    # And the two agree where no tie decides: the count, and each class's best scores.
+    assert abs(len(det) - len(exp_rows)) <= 0.005 * len(exp_rows), (len(det), len(exp_rows))
+    for label in range(num_classes):
+        top = det.scores[det.labels == label].sort(descending=True).values[:10]
+        ref = torch.from_numpy(expected["det_scores"][expected["det_labels"] == label]).sort(descending=True).values[:10]
+        torch.testing.assert_close(top, ref, atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("variant", ["resnet50", "resnet101"])
