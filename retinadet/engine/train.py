@@ -23,7 +23,7 @@ from retinadet.data.transforms import transform_config
 from retinadet.engine import distributed as D
 from retinadet.engine import schedule as S
 from retinadet.engine.config import RECIPE_STEPS, TrainConfig, format_duration, recipe_epochs, resolve_config
-from retinadet.engine.cpu_tuning import tune_cpu_process
+from retinadet.engine.cpu_tuning import cpu_tuned
 from retinadet.engine.datasets import train_val_splits
 from retinadet.engine.hooks import (
     RESULT_COLUMNS,
@@ -283,11 +283,11 @@ def train(config: str | os.PathLike | None = None, **options: Any) -> TrainResul
     dist, device_spec = D.setup(cfg.device)
     try:
         device = resolve_device(device_spec)
-        cpu_tuning = tune_cpu_process() if device.type == "cpu" else []
-        seed_everything(cfg.seed, cfg.deterministic)
-        trainer, save_dir, log = _build(cfg, dist, device, resume, cpu_tuning, started)
-        trainer.train()
-        return _result(trainer, save_dir, log)
+        with cpu_tuned(device.type == "cpu") as cpu_tuning:
+            seed_everything(cfg.seed, cfg.deterministic)
+            trainer, save_dir, log = _build(cfg, dist, device, resume, cpu_tuning, started)
+            trainer.train()
+            return _result(trainer, save_dir, log)
     except torch.OutOfMemoryError as exc:
         raise RetinadetError(f"out of memory ({str(exc).splitlines()[0][:120]}); try a smaller --batch or --imgsz") from exc
     finally:

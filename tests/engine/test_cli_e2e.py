@@ -131,9 +131,13 @@ def test_finetune_reinitialises_class_layer(trained_run, tiny_data, tmp_path):
         ann["categories"] = ann["categories"][:2]
         ann["annotations"] = [a for a in ann["annotations"] if a["category_id"] <= 2]
         (ds / split / "_annotations.coco.json").write_text(json.dumps(ann))
+    from retinadet.engine.cpu_tuning import flushes_denormals
+
+    torch.set_flush_denormal(False)
     res = retinadet.train(data=str(ds), weights=str(trained_run / "weights" / "best.pt"), max_iters=1, amp=True,
                           workers=0, batch=4, project=str(tmp_path), progress=False, plots=False)
     assert res.interrupted
+    assert not flushes_denormals()  # the run flushed denormals (its log says so) and put the caller's state back
     log = (res.save_dir / "train.log").read_text()
     assert "re-initialised keys: head.cls_logits.weight, head.cls_logits.bias" in log
     ck = torch.load(res.last, weights_only=True)

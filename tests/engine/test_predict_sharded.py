@@ -58,12 +58,19 @@ def _predict_args(weights: Path, source: Path, name: str) -> list[str]:
             "--save-csv", "--device", "cpu", "--project", "runs", "--name", name]
 
 
-def test_two_processes_equal_one(trained_run, images, tmp_path):
+@pytest.fixture(scope="module")
+def one(trained_run, images, tmp_path_factory) -> Path:
+    """The run of one process over every source, which the sharded runs must reproduce."""
+    cwd = tmp_path_factory.mktemp("single")
+    _run([sys.executable, "-m", "retinadet", *_predict_args(trained_run / "weights" / "last.pt", images, "one")], cwd)
+    return cwd / "runs" / "predict" / "one"
+
+
+def test_two_processes_equal_one(trained_run, images, one, tmp_path):
     weights = trained_run / "weights" / "last.pt"
-    _run([sys.executable, "-m", "retinadet", *_predict_args(weights, images, "one")], tmp_path)
     out = _run(_torchrun(_predict_args(weights, images, "two")), tmp_path)
-    one, two = tmp_path / "runs" / "predict" / "one", tmp_path / "runs" / "predict" / "two"
-    assert sorted(p.name for p in (tmp_path / "runs" / "predict").iterdir()) == ["one", "two"]  # one folder for both
+    two = tmp_path / "runs" / "predict" / "two"
+    assert sorted(p.name for p in (tmp_path / "runs" / "predict").iterdir()) == ["two"]  # one folder for both ranks
     assert _results(two) == _results(one) and len(_results(one)) > 0
     lines = [json.loads(x) for x in (two / "predictions.jsonl").read_text().splitlines()]
     assert sorted(e["source"] for e in lines) == sorted(str(p) for p in images.iterdir())  # each source once
@@ -72,7 +79,7 @@ def test_two_processes_equal_one(trained_run, images, tmp_path):
     assert out.count("results saved to") == 1  # the first process speaks for the run
 
 
-def test_killed_sharded_run_resumes_with_every_source_once(trained_run, images, tmp_path):
+def test_killed_sharded_run_resumes_with_every_source_once(trained_run, images, one, tmp_path):
     weights = trained_run / "weights" / "last.pt"
     run = tmp_path / "runs" / "predict" / "cut"
     proc = subprocess.Popen(_torchrun(_predict_args(weights, images, "cut")), stdout=subprocess.DEVNULL,
@@ -93,5 +100,4 @@ def test_killed_sharded_run_resumes_with_every_source_once(trained_run, images, 
     lines = [json.loads(x) for x in (run / "predictions.jsonl").read_text().splitlines()]
     sources = [e["source"] for e in lines]
     assert sorted(sources) == sorted(str(p) for p in images.iterdir())  # every source exactly once
-    _run([sys.executable, "-m", "retinadet", *_predict_args(weights, images, "whole")], tmp_path)
-    assert _results(run) == _results(tmp_path / "runs" / "predict" / "whole")
+    assert _results(run) == _results(one)

@@ -79,15 +79,15 @@ def test_killed_run_resumes_to_the_uninterrupted_predictions(trained_run, tiny_d
     folder = tmp_path / "many"
     folder.mkdir()
     images = sorted((tiny_data / "test").glob("*.jpg"))
-    for i in range(120):
+    for i in range(60):
         shutil.copy(images[i % len(images)], folder / f"img_{i:03d}.jpg")
     (folder / "img_050.jpg").write_bytes(b"broken")  # a skip is recorded and resumed too
     args = ["predict", "--weights", str(best), "--source", str(folder), "--conf", "0.01", "--batch", "1",
-            "--imgsz", "384", "--nosave", "--project", str(tmp_path)]
+            "--imgsz", "256", "--nosave", "--project", str(tmp_path)]
     res = cli([*args, "--name", "whole"])
     assert res.exit_code == 0, res.output + repr(res.exception)
     whole = json.loads((tmp_path / "predict" / "whole" / "predictions.json").read_text())
-    assert whole and len({r["file_name"] for r in whole}) >= 100
+    assert whole and len({r["file_name"] for r in whole}) >= 50
 
     run = tmp_path / "predict" / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "retinadet", *args, "--name", "killed"], stdout=subprocess.DEVNULL,
@@ -102,7 +102,7 @@ def test_killed_run_resumes_to_the_uninterrupted_predictions(trained_run, tiny_d
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
     done = read_lines(lines)
-    assert 10 <= len(done) < 120 and not (run / "predictions.json").exists()
+    assert 10 <= len(done) < 60 and not (run / "predictions.json").exists()
 
     res = cli(["predict", "--resume", str(run)])
     assert res.exit_code == 0, res.output + repr(res.exception)
@@ -115,7 +115,7 @@ def test_killed_run_resumes_to_the_uninterrupted_predictions(trained_run, tiny_d
     assert all(abs(a["score"] - b["score"]) <= 2e-5 and max(abs(x - y) for x, y in zip(a["bbox"], b["bbox"])) <= 1e-2
                for a, b in zip(resumed, whole))
     ids = [e["image_id"] for e in read_lines(lines)]
-    assert sorted(ids) == list(range(1, 121))  # each input exactly once
+    assert sorted(ids) == list(range(1, 61))  # each input exactly once
     assert "img_050.jpg" in (run / "skipped.txt").read_text()
 
     res = cli(["predict", "--resume", str(run), "--conf", "0.5"])

@@ -195,22 +195,27 @@ def test_train_set_overrides_model_fields(tiny_data, tmp_path, cli):
     assert bad.exit_code != 0 and "anchors.sizez" in bad.output
 
 
-def test_cpu_tuning_flushes_denormals(monkeypatch):
+def test_cpu_tuning_flushes_denormals_for_the_run_only():
     import sys
 
     from retinadet.engine import cpu_tuning
 
-    monkeypatch.setattr(cpu_tuning, "_applied", [])
-    torch.set_flush_denormal(False)  # an earlier CPU training run in this process may have set it
+    torch.set_flush_denormal(False)
     tiny = torch.tensor([1e-39])  # below float32's smallest normal (1.2e-38)
-    assert float(tiny * 1.0) != 0.0
+    assert float(tiny * 1.0) != 0.0 and not cpu_tuning.flushes_denormals()
     try:
-        applied = cpu_tuning.tune_cpu_process()
-        assert "denormals flushed to zero" in applied
-        assert float(tiny * 1.0) == 0.0
-        if sys.platform.startswith("linux"):
-            assert "large blocks kept in the heap" in applied
-        assert cpu_tuning.tune_cpu_process() == applied  # once per process
+        with cpu_tuning.cpu_tuned() as applied:
+            assert "denormals flushed to zero" in applied
+            assert float(tiny * 1.0) == 0.0 and cpu_tuning.flushes_denormals()
+            if sys.platform.startswith("linux"):
+                assert "large blocks kept in the heap" in applied
+            with cpu_tuning.cpu_tuned() as again:  # a run inside a run: the same settings, and the outer one's
+                assert again == applied           # flushing survives the inner one's end
+            assert cpu_tuning.flushes_denormals()
+        # The run is over: the caller's arithmetic is IEEE again (hypothesis, for one, refuses to run without it).
+        assert float(tiny * 1.0) != 0.0
+        with cpu_tuning.cpu_tuned(enabled=False) as nothing:
+            assert nothing == [] and not cpu_tuning.flushes_denormals()
     finally:
         torch.set_flush_denormal(False)
 
