@@ -23,10 +23,12 @@ CELL_TIMEOUT_S = 300
 TOTAL_LIMIT_S = 420
 # The model trained in section 4 must detect: on BCCD (in ../shared) and on the shapes fallback.
 MIN_AP50 = {"BCCD": 0.5, "shapes": 0.5}
-# The run in the suite trains for half the committed notebook's budget: the 240 s one is the build
-# script's (its outputs are checked above), and in the suite it would be the longest test by far.
-BUDGET = ("time=240", "time=120")
-MIN_AP50_SHORT = {"BCCD": 0.05, "shapes": 0.05}  # BCCD, one thread: 0.131 after 4 epochs
+# The run in the suite trains 4 epochs instead of the committed notebook's 240 s budget: that one is the build
+# script's (its outputs are checked above), and in the suite it would be the longest test by far. Epochs, not a
+# shorter budget, so that the check does not depend on how fast the host is or what runs beside it (BCCD, one
+# thread: AP50 0.429 after 4 epochs; a 120 s budget gave 0.131 alone and 0.049 beside the other test worker).
+BUDGET = ("time=240", "epochs=4")
+MIN_AP50_SHORT = {"BCCD": 0.2, "shapes": 0.2}
 
 
 @pytest.fixture(scope="module")
