@@ -48,6 +48,8 @@ def _best_ap50(run: Path) -> float:
     header, rows = read_csv(run / "results.csv")
     ap, ap50 = header.index("AP"), header.index("AP50")
     validated = [r for r in rows if r[ap] != ""]  # the validation schedule leaves some epochs without AP
+    if not validated:
+        raise SystemExit(f"{run / 'results.csv'}: no epoch was validated, so there is no best AP50 to report")
     best = max(validated, key=lambda r: float(r[ap]))
     return float(best[ap50])
 

@@ -148,6 +148,11 @@ def test_finetune_reinitialises_class_layer(trained_run, tiny_data, tmp_path):
     size = src["model_config"]["preprocess"]["max_size"]
     assert size == 64 and ck["model_config"]["preprocess"]["max_size"] == size  # the source run's --imgsz
     assert f"input size {size}px from --weights" in log
+    # Naming a preset asks for its rule, which is fitted to the data as for a run from scratch.
+    named = retinadet.train(data=str(ds), weights=str(trained_run / "weights" / "best.pt"), model="fast", max_iters=1,
+                            workers=0, batch=4, project=str(tmp_path), progress=False, plots=False)
+    named_log = (named.save_dir / "train.log").read_text()
+    assert "px from --weights" not in named_log and "input size 288px (1.00x the preset's): " in named_log
 
 
 @pytest.mark.parametrize("cache_bytes, loads", [(None, 1), (0, 2)])
