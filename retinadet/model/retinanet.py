@@ -107,7 +107,7 @@ class RetinaNet(nn.Module):
         valid = labels >= 0
         crowd = targets.get("crowd")
         crowd = torch.zeros_like(valid) if crowd is None else crowd.bool() & valid
-        matched = match_anchors(anchors, boxes, valid, crowd, self.cfg.matcher, per_level)
+        matched = match_anchors(anchors, boxes, valid, crowd, self.cfg.matcher, per_level, self.cfg.anchors.num_anchors)
         losses = detection_losses(
             cls_logits.float(), box_deltas.float(), anchors, matched, boxes, labels, self.box_coder, self.cfg.loss
         )

@@ -204,3 +204,58 @@ def test_unknown_loss_names_are_config_errors():
     for key, value in (("loss.cls_loss", "softmax"), ("loss.box_loss", "eiou")):
         with pytest.raises(ConfigError, match=key.split(".")[1]):
             get_preset("fast", {key: value})
+
+
+def _grid_case(preset: str, height: int, width: int, seed: int, count: int):
+    from retinadet.model.anchors import feature_sizes_for, grid_anchors
+    from retinadet.model.presets import PRESETS
+
+    cfg = PRESETS[preset]().anchors
+    levels = grid_anchors(cfg, (height, width), feature_sizes_for((height, width)))
+    g = torch.Generator().manual_seed(seed)
+    corner = torch.rand(count, 2, generator=g) * torch.tensor([width, height]) - 10
+    boxes = torch.cat([corner, corner + 0.5 + torch.rand(count, 2, generator=g) * 120], dim=1)
+    return torch.cat(levels), [lv.shape[0] for lv in levels], cfg.num_anchors, boxes
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.sampled_from(["fast", "retinanet_resnet50_fpn", "seed_resnet18"]), st.integers(40, 420), st.integers(40, 420),
+       st.integers(0, 2**16), st.integers(1, 40))
+def test_grid_iou_is_box_iou_bit_for_bit(preset, height, width, seed, count):
+    from torchvision.ops import box_iou
+
+    from retinadet.model.matching import _grid, anchor_iou
+
+    anchors, per_level, shapes, boxes = _grid_case(preset, height, width, seed, count)
+    assert all(_grid(level, shapes) is not None for level in anchors.split(per_level))  # the fast path ran
+    assert torch.equal(anchor_iou(boxes, anchors, per_level, shapes), box_iou(boxes, anchors))
+
+
+def test_anchors_off_the_grid_take_box_iou():
+    from torchvision.ops import box_iou
+
+    from retinadet.model.matching import _grid, anchor_iou
+
+    anchors, per_level, shapes, boxes = _grid_case("fast", 96, 128, 3, 12)
+    first = anchors[: per_level[0]]
+    shuffled = first[torch.randperm(first.shape[0], generator=torch.Generator().manual_seed(0))]
+    nudged = first.clone()
+    nudged[5, 0] += 0.25  # one anchor off its column
+    for level in (shuffled, nudged):
+        assert _grid(level, shapes) is None
+        mixed = torch.cat([level, anchors[per_level[0]:]])
+        assert torch.equal(anchor_iou(boxes, mixed, per_level, shapes), box_iou(boxes, mixed))
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(0, 2**16), st.sampled_from(["iou", "atss"]), st.booleans())
+def test_matching_on_the_grid_path_equals_the_plain_path(seed, kind, low_quality):
+    anchors, per_level, shapes, boxes = _grid_case("fast", 160, 224, seed, 24)
+    g = torch.Generator().manual_seed(seed)
+    boxes = boxes.view(3, 8, 4)
+    valid = torch.rand(3, 8, generator=g) > 0.25
+    crowd = torch.rand(3, 8, generator=g) > 0.8
+    cfg = MatcherConfig(kind=kind, fg_iou=0.4, bg_iou=0.3, allow_low_quality=low_quality)
+    plain = match_anchors(anchors, boxes, valid, crowd, cfg, per_level)
+    assert torch.equal(match_anchors(anchors, boxes, valid, crowd, cfg, per_level, shapes), plain)
+    assert (plain >= 0).any()
