@@ -30,7 +30,7 @@ from own_data_sets import SETS, ensure_set
 
 BCCD = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "bccd"
 # The recipe `train --data` ran before this benchmark's: what the fitted recipe must at least match.
-FIXED = {"imgsz": 288, "epochs": 30, "autoanchor": False, "ema": False, "mosaic": 0.0,
+FIXED = {"imgsz": 288, "epochs": 30, "autoanchor": False, "ema": False, "mosaic": 0.0, "augment": "upright",
          "model_overrides": {"loss.cls_loss": "focal"}}
 RECIPES = {"default": {}, "fixed": FIXED}
 

@@ -36,7 +36,7 @@ def _tile(ctx, param, value: str | None) -> int | str | None:
                    "or per-image percentiles (p0.5,99.5); recorded in the checkpoint. "
                    "[default: p0.5,99.5 when the images have more than 8 bits]")
 @click.option("--epochs", type=int, default=None,
-              help="Epochs. [default: about 1820 optimizer steps: 70 epochs of 205 images at batch 8, 24 of 600, "
+              help="Epochs. [default: about 2340 optimizer steps: 90 epochs of 205 images at batch 8, 31 of 600, "
                    "at least 14; with --time: fitted to it, so not both]")
 @click.option("--time", "time", default=None, metavar="DURATION",
               help="Train for this long instead of a number of epochs: 90s, 10m, 2h, 1h30m. The epochs and the lr schedule "
@@ -65,7 +65,9 @@ def _tile(ctx, param, value: str | None) -> int | str | None:
 @click.option("--trainable-layers", type=int, default=None,
               help="Backbone stages trained, 0..5 (5: none frozen, 0: all frozen). [default: the preset's]")
 @click.option("--freeze", type=int, default=None, help="Deprecated: use --trainable-layers.")
-@click.option("--augment", type=click.Choice(["none", "default", "strong"]), default=None, help="[default: default]")
+@click.option("--augment", type=click.Choice(["none", "upright", "default", "strong"]), default=None,
+              help="default: flips and 90-degree rotations (images without an up: microscopy); upright: horizontal "
+                   "flips only, for images with an up. Both add mild scale jitter and colour. [default: default]")
 @click.option("--progressive", type=float, default=None,
               help="Fraction of the epochs (the first ones) trained on smaller inputs; 0 = off. [default: 0.5]")
 @click.option("--progressive-scale", type=float, default=None,

@@ -2,10 +2,11 @@
 
 Every geometric step is followed by clamping and dropping degenerate boxes; boxes
 clipped or dropped are counted in the returned stats, never lost silently.
-Presets: ``none`` (resize only), ``default`` (flip, mild scale jitter, colour),
-``strong`` (adds vertical flips, 90-degree rotations, random IoU crops and wider
-jitter: for data without a canonical "up" such as microscopy). Every part can be
-set on its own through :class:`TransformConfig`.
+Presets: ``none`` (resize only); ``upright`` (horizontal flips, mild scale jitter, colour: for images with an
+up, such as photographs or street scenes); ``default`` (``upright`` with vertical flips and 90-degree rotations:
+microscopy, histology and cytology have no up, and on BCCD they gained 0.017 test AP at 90 epochs,
+docs/own_data.md); ``strong`` (``default`` with random IoU crops and wider jitter). Every part can be set on its
+own through :class:`TransformConfig`.
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ class TransformConfig:
 
 PRESETS: dict[str, dict[str, Any]] = {
     "none": {},
-    "default": {"hflip": 0.5, "scale_range": (0.8, 1.2), "photometric": 0.5},
+    "upright": {"hflip": 0.5, "scale_range": (0.8, 1.2), "photometric": 0.5},
+    "default": {"hflip": 0.5, "vflip": 0.5, "rot90": 0.5, "scale_range": (0.8, 1.2), "photometric": 0.5},
     "strong": {"hflip": 0.5, "vflip": 0.5, "rot90": 0.5, "scale_range": (0.5, 1.5), "photometric": 0.8, "iou_crop": 0.5},
 }
 

@@ -243,7 +243,7 @@ class TrainConfig:
 
 # A detector trained from scratch needs a number of optimizer steps more than of passes over its data, so the
 # default length is in steps: a few hundred images get many epochs, thousands get few (never under MIN_EPOCHS).
-RECIPE_STEPS = 1820  # 70 epochs of BCCD's 205 training images in batches of 8 (docs/own_data.md)
+RECIPE_STEPS = 2340  # 90 epochs of BCCD's 205 training images in batches of 8 (docs/own_data.md)
 MIN_EPOCHS, MAX_EPOCHS = 14, 100
 
 

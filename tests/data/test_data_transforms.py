@@ -98,3 +98,24 @@ def test_unknown_preset_or_option_is_a_config_error():
         build_transform("extreme")
     with pytest.raises(ConfigError, match="unknown transform option"):
         build_transform("default", hflipp=0.5)
+
+
+def test_default_turns_images_upright_keeps_their_up():
+    """``default`` flips vertically and rotates (images without an up); ``upright`` never moves the top edge."""
+    image = torch.zeros(3, 40, 60, dtype=torch.uint8)
+    image[:, :8] = 255  # a bright band along the top
+    box, label, crowd = torch.tensor([[0.0, 0.0, 60.0, 8.0]]), torch.tensor([0]), torch.tensor([False])
+    where: dict[str, set[str]] = {}
+    for preset in ("upright", "default"):
+        transform = build_transform(preset, min_size=40, max_size=60, photometric=0.0, scale_range=(1.0, 1.0))
+        torch.manual_seed(0)
+        for _ in range(40):
+            out, boxes = transform(image, box, label, crowd)[:2]
+            x1, y1, x2, y2 = boxes[0].tolist()
+            h, w = out.shape[-2:]
+            side = "top" if y1 < 1 and x2 - x1 > y2 - y1 else "bottom" if y2 > h - 1 and x2 - x1 > y2 - y1 else \
+                "left" if x1 < 1 else "right"
+            assert _pixel_box(out) == [round(v) for v in (x1, y1, x2, y2)]
+            where.setdefault(preset, set()).add(side)
+    assert where["upright"] == {"top"}
+    assert where["default"] == {"top", "bottom", "left", "right"}
